@@ -1,0 +1,151 @@
+"""The Starlette application: routes, shared state, and the store's lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import store
+from .chat import chat_completions
+from .config import Config, ModelEntry
+from .http import ClientError, Guard, client_error_handler, error_response, read_json_object
+from .metrics import Metrics
+from .tasks import TaskMatcher
+from .upstream import Upstream, UpstreamError, cost_of, openai_json
+
+log = logging.getLogger("tracer.proxy")
+
+
+class ProxyState:
+    """Everything a request handler needs, built once per app (never at import)."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.upstream = Upstream(config)
+        self.matcher = TaskMatcher(config.tasks)
+        self.engine = store.create_engine(config.store.url)
+        self.writer = store.StoreWriter(
+            self.engine,
+            config.store.queue_size,
+            on_stored=self._stored,
+            on_dropped=self._dropped,
+        )
+        self.started_at = time.time()
+
+    def record_trace(self, trace: store.Trace) -> None:
+        self.writer.submit(trace)
+
+    def record_decision(self, decision: store.Decision) -> None:
+        self.writer.submit(decision)
+
+    def cost(self, entry: ModelEntry, prompt: int | None, completion: int | None) -> float | None:
+        return cost_of(entry.litellm_params.model, prompt, completion)
+
+    def _stored(self, batch: list[store.Record]) -> None:
+        for record in batch:
+            if isinstance(record, store.Trace):
+                self.metrics.traces_stored.labels(record.task, str(record.valid).lower()).inc()
+
+    def _dropped(self, record: store.Record) -> None:
+        table = "traces" if isinstance(record, store.Trace) else "decisions"
+        self.metrics.store_dropped.labels(table).inc()
+
+    async def start(self) -> None:
+        await store.create_schema(self.engine)
+        self.writer.start()
+
+    async def stop(self) -> None:
+        await self.writer.close()
+        await self.engine.dispose()
+
+
+async def list_models(request: Request) -> JSONResponse:
+    state: ProxyState = request.app.state.tracer
+    created = int(state.started_at)
+    names = [m.model_name for m in state.config.model_list]
+    names += [
+        t.match.model for t in state.config.tasks if t.match.model and t.match.model not in names
+    ]
+    data = [{"id": n, "object": "model", "created": created, "owned_by": "tracer"} for n in names]
+    return JSONResponse({"object": "list", "data": data})
+
+
+async def embeddings(request: Request) -> Response:
+    state: ProxyState = request.app.state.tracer
+    body = await read_json_object(request, state.config.server.max_body_bytes)
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise ClientError(400, "`model` is required and must be a string", param="model")
+    inputs = body.get("input")
+    if not (isinstance(inputs, str) or (isinstance(inputs, list) and inputs)):
+        raise ClientError(400, "`input` must be a string or a non-empty list", param="input")
+    entry = state.upstream.entry(model)
+    if entry is None:
+        raise ClientError(
+            404,
+            f"the model `{model}` does not exist on this proxy",
+            code="model_not_found",
+            param="model",
+        )
+    try:
+        result = await state.upstream.embed(entry, body)
+    except UpstreamError as err:
+        state.metrics.upstream_errors.labels(err.kind).inc()
+        return error_response(err.status, err.message, err.error_type, err.code)
+    return Response(openai_json(result), media_type="application/json")
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    state: ProxyState = request.app.state.tracer
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    state: ProxyState = request.app.state.tracer
+    return JSONResponse({"status": "ok", "store_queue": state.writer.pending})
+
+
+def create_app(config: Config, metrics: Metrics | None = None) -> Starlette:
+    state = ProxyState(config, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(
+            Guard,
+            metrics=state.metrics,
+            api_keys=[k.get_secret_value() for k in config.server.api_keys],
+            max_body_bytes=config.server.max_body_bytes,
+        )
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=middleware,
+        exception_handlers={ClientError: client_error_handler},
+        lifespan=lifespan,
+    )
+    app.state.tracer = state
+    return app

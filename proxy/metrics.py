@@ -1,0 +1,64 @@
+"""Prometheus metrics, one registry per app so tests and workers never share state.
+
+Label values are bounded: task names from the config and fixed kinds. Never a raw
+model name, a key or user input.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# From half a millisecond (a local answer) to a minute (a slow teacher).
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+NO_TASK = "none"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tracer_requests",
+            "Requests by task and decision (passthrough, teacher, handled, deferred, error).",
+            ["task", "decision"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "tracer_request_duration_seconds",
+            "Time from request to the end of the response body, by task.",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "tracer_upstream_duration_seconds",
+            "Time spent waiting for the upstream LLM, by task.",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "tracer_upstream_errors",
+            "Upstream failures by kind (timeout, unreachable, status_4xx, status_5xx, other).",
+            ["kind"],
+            registry=r,
+        )
+        self.traces_stored = Counter(
+            "tracer_traces_stored",
+            "Teacher answers written to the trace store, by task and validity.",
+            ["task", "valid"],
+            registry=r,
+        )
+        self.store_dropped = Counter(
+            "tracer_store_dropped",
+            "Records that could not be written (queue full or write failure), by table.",
+            ["table"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "tracer_requests_in_flight", "Requests being served now.", registry=r
+        )

@@ -1,0 +1,241 @@
+"""The trace store: teacher answers and routing decisions, behind SQLAlchemy 2 async.
+
+SQLite (aiosqlite) is the default; PostgreSQL works by changing the URL. Writes go
+through `StoreWriter`, a bounded queue drained by one task, so a slow disk never
+delays a response; what cannot be queued is counted, never lost silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    event,
+    func,
+    insert,
+    select,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+log = logging.getLogger("tracer.store")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TraceRow(Base):
+    """One teacher answer on a task route: the labelled pair the surrogate learns from."""
+
+    __tablename__ = "traces"
+    __table_args__ = (Index("ix_traces_task_id", "task", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    input: Mapped[str] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(256))
+    valid: Mapped[bool] = mapped_column(Boolean)
+    raw_output: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str] = mapped_column(String(32), default="teacher")
+    latency_ms: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class DecisionRow(Base):
+    """Every request on a task route, whoever answered it."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (Index("ix_decisions_task_id", "task", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(256))
+    accept_score: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+@dataclass(frozen=True)
+class Trace:
+    task: str
+    input: str
+    label: str | None
+    raw_output: str | None
+    model: str
+    latency_ms: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost_usd: float | None = None
+    source: str = "teacher"
+    created_at: datetime = field(default_factory=_now)
+
+    @property
+    def valid(self) -> bool:
+        return self.label is not None
+
+
+@dataclass(frozen=True)
+class Decision:
+    task: str
+    decision: str
+    reason: str
+    latency_ms: float
+    label: str | None = None
+    accept_score: float | None = None
+    model_version: str | None = None
+    created_at: datetime = field(default_factory=_now)
+
+
+Record = Trace | Decision
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An async engine; SQLite gets WAL so readers (export, refit) never block the writer."""
+    engine = create_async_engine(url)
+    if make_url(url).get_backend_name() == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.close()
+
+    return engine
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+
+
+class StoreWriter:
+    """Owns the queue and the task that drains it in batches."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        queue_size: int = 10_000,
+        on_stored: Callable[[list[Record]], None] | None = None,
+        on_dropped: Callable[[Record], None] | None = None,
+        batch_size: int = 500,
+    ) -> None:
+        self.engine = engine
+        self.queue_size = queue_size
+        self.on_stored = on_stored
+        self.on_dropped = on_dropped
+        self.batch_size = batch_size
+        self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="tracer-store-writer")
+
+    def submit(self, record: Record) -> bool:
+        """Queue a record without waiting; False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(record)
+        except asyncio.QueueFull:
+            if self.on_dropped is not None:
+                self.on_dropped(record)
+            return False
+        return True
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write(batch)
+            for _ in batch:
+                self._queue.task_done()
+
+    async def _write(self, batch: list[Record]) -> None:
+        traces = [_trace_row(r) for r in batch if isinstance(r, Trace)]
+        decisions = [asdict(r) for r in batch if isinstance(r, Decision)]
+        try:
+            async with self.engine.begin() as conn:
+                if traces:
+                    await conn.execute(insert(TraceRow), traces)
+                if decisions:
+                    await conn.execute(insert(DecisionRow), decisions)
+        except Exception:
+            log.exception("store write failed; %d records lost", len(batch))
+            if self.on_dropped is not None:
+                for record in batch:
+                    self.on_dropped(record)
+            return
+        if self.on_stored is not None:
+            self.on_stored(batch)
+
+    async def flush(self) -> None:
+        await self._queue.join()
+
+    async def close(self) -> None:
+        """Write what is queued, then stop: called on shutdown."""
+        if self._task is None:
+            return
+        await self.flush()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+
+def _trace_row(trace: Trace) -> dict[str, Any]:
+    row = asdict(trace)
+    row["valid"] = trace.valid
+    return row
+
+
+async def iter_traces(
+    engine: AsyncEngine, task: str, valid_only: bool = True, after_id: int = 0
+) -> AsyncIterator[dict[str, Any]]:
+    """A task's traces in arrival order, streamed rather than loaded at once."""
+    query = select(TraceRow).where(TraceRow.task == task, TraceRow.id > after_id)
+    if valid_only:
+        query = query.where(TraceRow.valid.is_(True))
+    query = query.order_by(TraceRow.id)
+    async with engine.connect() as conn:
+        result = await conn.stream(query)
+        async for row in result:
+            yield dict(row._mapping)
+
+
+async def count_traces(engine: AsyncEngine, task: str, after_id: int = 0) -> int:
+    query = select(func.count()).where(
+        TraceRow.task == task, TraceRow.valid.is_(True), TraceRow.id > after_id
+    )
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
