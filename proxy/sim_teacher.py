@@ -17,7 +17,6 @@ import json
 import math
 import random
 import signal
-import socket
 import struct
 import sys
 import threading
@@ -28,12 +27,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
+
+from .threaded import serve_in_thread
 
 EMBED_DIM = 16
 _UVICORN_OPTS: dict[str, Any] = {
@@ -326,37 +326,11 @@ class SimulatedTeacher:
 def run_sim_teacher(
     teacher: SimulatedTeacher, host: str = "127.0.0.1", port: int = 0, timeout_s: float = 10.0
 ) -> Iterator[str]:
-    """Serve ``teacher`` with uvicorn on a background thread; yield ``http://host:port/v1``.
-
-    The socket is bound here, so ``port=0`` gives a free port known before serving starts.
-    """
-    # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections (else each
-    # keep-alive response stalls ~40 ms in Nagle + delayed ACK).
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        bound_port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(teacher, **_UVICORN_OPTS))
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, name="sim-teacher", daemon=True
-        )
-        thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                server.should_exit = True
-                thread.join(timeout_s)
-                raise RuntimeError("simulated teacher failed to start")
-            time.sleep(0.01)
-        try:
-            yield f"http://{f'[{host}]' if family == socket.AF_INET6 else host}:{bound_port}/v1"
-        finally:
-            server.should_exit = True
-            thread.join(timeout_s)
-    finally:
-        sock.close()
+    """Serve ``teacher`` with uvicorn on a background thread; yield ``http://host:port/v1``."""
+    with serve_in_thread(
+        teacher, host, port, name="sim-teacher", timeout_s=timeout_s, **_UVICORN_OPTS
+    ) as url:
+        yield f"{url}/v1"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
