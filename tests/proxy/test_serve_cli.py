@@ -1,0 +1,128 @@
+"""`tracer serve` and `tracer traces export` as a user runs them, in real processes.
+
+Also the canary: an upstream key that must reach the upstream and nowhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
+from tests.support import ANSWERS, LABELS
+
+CANARY = "sk-canary-7f3a9c1e5b2d4f60a8e1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_config(path: Path, teacher_url: str, db: Path, port: int) -> None:
+    path.write_text(
+        f"""
+model_list:
+  - model_name: teacher-model
+    litellm_params:
+      model: openai/teacher-model
+      api_key: os.environ/CANARY_UPSTREAM_KEY
+      api_base: {teacher_url}
+tasks:
+  - name: banking
+    match: {{model: banking-intent}}
+    teacher: teacher-model
+    labels: {json.dumps(LABELS)}
+server: {{port: {port}}}
+store: {{url: "sqlite+aiosqlite:///{db}"}}
+"""
+    )
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"tracer serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("tracer serve did not become ready")
+
+
+def test_canary_key_reaches_the_upstream_and_nothing_else(tmp_path):
+    sim = SimulatedTeacher(ANSWERS, labels=LABELS, require_key=CANARY)
+    db, config, log = tmp_path / "t.db", tmp_path / "config.yaml", tmp_path / "serve.log"
+    port = free_port()
+    with run_sim_teacher(sim) as teacher_url:
+        write_config(config, teacher_url, db, port)
+        env = {**os.environ, "CANARY_UPSTREAM_KEY": CANARY}
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config),
+                 "--log-level", "debug", "--access-log"],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+            try:
+                url = f"http://127.0.0.1:{port}"
+                wait_ready(url, proc)
+                client = openai.OpenAI(base_url=f"{url}/v1", api_key="client", max_retries=0)
+                bodies = []
+                for model in ["banking-intent", "teacher-model"]:
+                    reply = client.chat.completions.create(
+                        model=model,
+                        messages=[{"role": "user", "content": "i lost my card yesterday"}],
+                    )
+                    bodies.append(reply.model_dump_json())
+                # An upstream that rejects the key: its error text must come back scrubbed.
+                sim.configure(require_key="another-key")
+                with pytest.raises(openai.AuthenticationError) as rejected:
+                    client.chat.completions.create(
+                        model="banking-intent", messages=[{"role": "user", "content": "hi"}]
+                    )
+                bodies.append(str(rejected.value.body))
+                sim.configure(error_rate=1.0, error_status=500, require_key=None)
+                with pytest.raises(openai.APIStatusError):
+                    client.chat.completions.create(
+                        model="teacher-model", messages=[{"role": "user", "content": "hi"}]
+                    )
+                bodies.append(httpx.get(f"{url}/metrics").text)
+                time.sleep(0.5)  # let the writer drain
+            finally:
+                proc.terminate()
+                proc.wait(timeout=20)
+        # uvicorn shuts down gracefully, then re-raises the signal it caught.
+        assert proc.returncode in (0, -15), log.read_text()
+        assert "Application shutdown complete" in log.read_text()
+        assert f"Bearer {CANARY}" in sim.stats()["auth_headers"]
+        for i, body in enumerate(bodies):
+            assert CANARY not in body, f"canary in response {i}"
+        assert CANARY not in log.read_text()
+        for path in tmp_path.iterdir():
+            assert CANARY.encode() not in path.read_bytes(), f"canary in {path.name}"
+        assert b"lost_or_stolen_card" in db.read_bytes()
+
+        export = ["traces", "export", "banking", "--config", str(config)]
+        result = subprocess.run(
+            [sys.executable, "-m", "proxy.cli", *export],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["input"], r["label"]) for r in lines] == [
+        ("i lost my card yesterday", "lost_or_stolen_card")
+    ]
+    assert "exported 1 traces" in result.stderr
+    assert CANARY not in result.stdout + result.stderr
