@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -15,10 +16,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import store
-from .chat import chat_completions
+from .chat import chat_completions, classify
 from .config import Config, ModelEntry
 from .http import ClientError, Guard, client_error_handler, error_response, read_json_object
 from .metrics import Metrics
+from .models import LiveModel, LiveModels, ModelStore
+from .refit import RefitLoop
 from .tasks import TaskMatcher
 from .upstream import Upstream, UpstreamError, cost_of, openai_json
 
@@ -41,6 +44,30 @@ class ProxyState:
             on_dropped=self._dropped,
         )
         self.started_at = time.time()
+        task_names = [t.name for t in config.tasks]
+        self.models = LiveModels(ModelStore(config.artifacts.dir), task_names, self._swapped)
+        self.refit_loop = RefitLoop(config, self.engine, self.models, self.metrics)
+        self._teacher_cost: dict[str, tuple[float, int]] = {}
+
+    def handled(self, task: str) -> None:
+        """Count a teacher call avoided, and what it would have cost on average."""
+        self.metrics.teacher_calls_avoided.labels(task).inc()
+        total, n = self._teacher_cost.get(task, (0.0, 0))
+        if n:
+            self.metrics.cost_saved.labels(task).inc(total / n)
+
+    def _swapped(self, task: str, old: LiveModel | None, new: LiveModel) -> None:
+        if old is not None:
+            self.metrics.model_info.remove(task, old.version)
+        self.metrics.model_info.labels(task, new.version).set(1)
+        cal = new.router.manifest.get("calibration") or {}
+        for gauge, key in [
+            (self.metrics.calibration_agreement, "agreement"),
+            (self.metrics.calibration_coverage, "coverage"),
+        ]:
+            value = cal.get(key)
+            if isinstance(value, int | float):
+                gauge.labels(task).set(value)
 
     def record_trace(self, trace: store.Trace) -> None:
         self.writer.submit(trace)
@@ -55,16 +82,23 @@ class ProxyState:
         for record in batch:
             if isinstance(record, store.Trace):
                 self.metrics.traces_stored.labels(record.task, str(record.valid).lower()).inc()
+                if record.cost_usd is not None:
+                    total, n = self._teacher_cost.get(record.task, (0.0, 0))
+                    self._teacher_cost[record.task] = (total + record.cost_usd, n + 1)
 
     def _dropped(self, record: store.Record) -> None:
         table = "traces" if isinstance(record, store.Trace) else "decisions"
         self.metrics.store_dropped.labels(table).inc()
 
-    async def start(self) -> None:
+    async def start(self, refit: bool = True) -> None:
         await store.create_schema(self.engine)
         self.writer.start()
+        await asyncio.to_thread(self.models.refresh)
+        if refit and self.config.tasks:
+            self.refit_loop.start()
 
     async def stop(self) -> None:
+        await self.refit_loop.stop()
         await self.writer.close()
         await self.engine.dispose()
 
@@ -115,12 +149,13 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok", "store_queue": state.writer.pending})
 
 
-def create_app(config: Config, metrics: Metrics | None = None) -> Starlette:
+def create_app(config: Config, metrics: Metrics | None = None, refit: bool = True) -> Starlette:
+    """The proxy; ``refit=False`` serves the models on disk without fitting new ones."""
     state = ProxyState(config, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await state.start()
+        await state.start(refit)
         try:
             yield
         finally:
@@ -130,6 +165,7 @@ def create_app(config: Config, metrics: Metrics | None = None) -> Starlette:
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
+        Route("/v1/classify", classify, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]

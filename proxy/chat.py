@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from router.chat import parse_label
+from router import Decision as RouterDecision
+from router.chat import parse_label, render_label, synthesize_completion, synthesize_stream
 
 from . import store
 from .config import ModelEntry, TaskConfig
 from .http import ClientError, error_body, error_response, read_json_object
 from .metrics import NO_TASK
+from .models import LiveModel
 from .tasks import task_input
 from .upstream import UpstreamError, content_of, openai_json, usage_of
 
@@ -105,7 +107,7 @@ async def chat_completions(request: Request) -> Response:
     if task is not None:
         text = task_input(task, body["messages"])
         if text is not None:
-            return await ask_teacher(state, task, body, text)
+            return await route(state, task, body, text)
     alias_task = state.matcher.by_alias(body["model"])
     entry = state.upstream.entry(alias_task.teacher if alias_task else body["model"])
     if entry is None:
@@ -119,42 +121,153 @@ async def chat_completions(request: Request) -> Response:
     return await forward(Exchange(state, alias_task), entry, body, "passthrough")
 
 
-async def ask_teacher(
-    state: ProxyState, task: TaskConfig, body: dict[str, Any], text: str
-) -> Response:
-    """Send a task request to its teacher and keep the answer as a trace."""
+def ineligible(body: Mapping[str, Any]) -> str | None:
+    """Why the surrogate cannot honour this request as asked, if it cannot."""
+    if body.get("n") not in (None, 1):
+        return "n > 1 asks for several samples"
+    if body.get("logprobs") or body.get("top_logprobs"):
+        return "logprobs were requested"
+    for key in ("tools", "functions", "tool_choice", "function_call"):
+        if body.get(key):
+            return f"`{key}` is set"
+    return None
+
+
+async def route(state: ProxyState, task: TaskConfig, body: dict[str, Any], text: str) -> Response:
+    """Answer locally when the live model accepts the input; otherwise ask the teacher."""
     exchange = Exchange(state, task)
+    live = state.models.get(task.name)
+    if live is None:
+        return await ask_teacher(exchange, body, text, Routed("teacher", "no model deployed"))
+    why_not = ineligible(body)
+    if why_not is not None:
+        return await ask_teacher(exchange, body, text, Routed("deferred", why_not, live))
+    decision = await live.predict(text)
+    routed = Routed(decision.decision, decision.reason, live, decision)
+    if not decision.handled:
+        if decision.ood:
+            state.metrics.ood.labels(task.name).inc()
+        return await ask_teacher(exchange, body, text, routed)
+    return answer_locally(exchange, body, text, routed)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """How a task request was routed, for headers, the body and the decisions table."""
+
+    decision: str  # handled | deferred | teacher
+    reason: str
+    live: LiveModel | None = None
+    routed: RouterDecision | None = None
+
+    @property
+    def version(self) -> str | None:
+        return self.live.version if self.live is not None else None
+
+    @property
+    def score(self) -> float | None:
+        return self.routed.accept_score if self.routed is not None else None
+
+    def headers(self) -> dict[str, str]:
+        headers = {"x-tracer-decision": self.decision}
+        if self.score is not None:
+            headers["x-tracer-accept-score"] = f"{self.score:.6f}"
+        if self.version is not None:
+            headers["x-tracer-model-version"] = self.version
+        return headers
+
+
+def answer_locally(exchange: Exchange, body: dict[str, Any], text: str, routed: Routed) -> Response:
+    state, task = exchange.state, exchange.task
+    assert task is not None and routed.routed is not None
+    label = routed.routed.label
+    content = render_label(label, task.output.format, task.output.field)
+    extra = {
+        "tracer": {
+            "decision": "handled",
+            "label": label,
+            "accept_score": routed.score,
+            "model_version": routed.version,
+            "reason": routed.reason,
+        }
+    }
+    state.handled(task.name)
+    state.record_decision(
+        store.Decision(
+            task=task.name,
+            decision="handled",
+            reason=routed.reason,
+            label=label,
+            accept_score=routed.score,
+            model_version=routed.version,
+            latency_ms=exchange.elapsed_ms(),
+        )
+    )
+    exchange.finish("handled")
+    if body.get("stream"):
+        options = body.get("stream_options")
+        usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        events = synthesize_stream(content, body["model"], usage, extra)
+        return StreamingResponse(
+            _async_iter(list(events)),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **routed.headers()},
+        )
+    return Response(
+        json.dumps(synthesize_completion(content, body["model"], extra)),
+        media_type="application/json",
+        headers=routed.headers(),
+    )
+
+
+def keep_answer(exchange: Exchange, text: str, routed: Routed, answer: TeacherAnswer) -> str | None:
+    """Store the teacher's answer as a trace and the request as a decision; the label."""
+    state, task = exchange.state, exchange.task
+    assert task is not None
     entry = state.upstream.entry(task.teacher)
     assert entry is not None  # the config validator guarantees it
+    label = parse_label(answer.content, task.output.format, task.output.field, task.labels)
+    state.record_trace(
+        store.Trace(
+            task=task.name,
+            input=text,
+            label=label,
+            raw_output=answer.content,
+            model=task.teacher,
+            latency_ms=answer.upstream_seconds * 1000.0,
+            prompt_tokens=answer.prompt_tokens,
+            completion_tokens=answer.completion_tokens,
+            cost_usd=state.cost(entry, answer.prompt_tokens, answer.completion_tokens),
+        )
+    )
+    reason = routed.reason if label is not None else f"{routed.reason}; answer not a valid label"
+    state.record_decision(
+        store.Decision(
+            task=task.name,
+            decision=routed.decision,
+            reason=reason,
+            label=label,
+            accept_score=routed.score,
+            model_version=routed.version,
+            latency_ms=exchange.elapsed_ms(),
+        )
+    )
+    return label
+
+
+async def ask_teacher(
+    exchange: Exchange, body: dict[str, Any], text: str, routed: Routed
+) -> Response:
+    """Send a task request to its teacher and keep the answer as a trace."""
+    task = exchange.task
+    assert task is not None
+    entry = exchange.state.upstream.entry(task.teacher)
+    assert entry is not None
 
     def keep(answer: TeacherAnswer) -> None:
-        label = parse_label(answer.content, task.output.format, task.output.field, task.labels)
-        state.record_trace(
-            store.Trace(
-                task=task.name,
-                input=text,
-                label=label,
-                raw_output=answer.content,
-                model=task.teacher,
-                latency_ms=answer.upstream_seconds * 1000.0,
-                prompt_tokens=answer.prompt_tokens,
-                completion_tokens=answer.completion_tokens,
-                cost_usd=state.cost(entry, answer.prompt_tokens, answer.completion_tokens),
-            )
-        )
-        state.record_decision(
-            store.Decision(
-                task=task.name,
-                decision="teacher",
-                reason="no model deployed"
-                if label is not None
-                else "teacher answer not a valid label",
-                label=label,
-                latency_ms=exchange.elapsed_ms(),
-            )
-        )
+        keep_answer(exchange, text, routed, answer)
 
-    return await forward(exchange, entry, body, "teacher", keep)
+    return await forward(exchange, entry, body, routed.decision, keep, routed.headers())
 
 
 async def forward(
@@ -163,6 +276,7 @@ async def forward(
     body: dict[str, Any],
     decision: str,
     on_answer: OnAnswer | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     state = exchange.state
     started = time.perf_counter()
@@ -177,7 +291,7 @@ async def forward(
         state.metrics.upstream_latency.labels(exchange.task_label).observe(upstream_seconds)
         if on_answer is not None:
             on_answer(TeacherAnswer(content_of(result), *usage_of(result), upstream_seconds))
-        response = Response(openai_json(result), media_type="application/json")
+        response = Response(openai_json(result), media_type="application/json", headers=headers)
         exchange.finish(decision)
         return response
     # Wait for the first chunk before committing to a 200, so that an upstream that
@@ -192,7 +306,9 @@ async def forward(
     except StopAsyncIteration:
         first = None
     events = _relay(exchange, first, chunks, started, decision, on_answer)
-    return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
+    return StreamingResponse(
+        events, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
+    )
 
 
 async def _relay(
@@ -235,3 +351,70 @@ async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield first
     async for item in rest:
         yield item
+
+
+async def _async_iter(items: list[str]) -> AsyncIterator[str]:
+    for item in items:
+        yield item
+
+
+async def classify(request: Request) -> Response:
+    """`POST /v1/classify`: the label for one input, from the surrogate or the teacher."""
+    state: ProxyState = request.app.state.tracer
+    body = await read_json_object(request, state.config.server.max_body_bytes)
+    name, text = body.get("task"), body.get("input")
+    if not isinstance(name, str):
+        raise ClientError(400, "`task` is required and must be a string", param="task")
+    if not isinstance(text, str) or not text.strip():
+        raise ClientError(400, "`input` is required and must be a non-empty string", param="input")
+    task = state.config.task(name)
+    if task is None:
+        raise ClientError(404, f"no task named `{name}`", code="task_not_found", param="task")
+    text = text.strip()
+    exchange = Exchange(state, task)
+    live = state.models.get(task.name)
+    routed = Routed("teacher", "no model deployed")
+    if live is not None:
+        decision = await live.predict(text)
+        routed = Routed(decision.decision, decision.reason, live, decision)
+        if decision.handled:
+            answer_locally(exchange, {"model": task.name}, text, routed)
+            return JSONResponse(
+                {
+                    "label": decision.label,
+                    "decision": "handled",
+                    "accept_score": decision.accept_score,
+                    "model": f"{task.name}@{live.version}",
+                    "reason": decision.reason,
+                },
+                headers=routed.headers(),
+            )
+        if decision.ood:
+            state.metrics.ood.labels(task.name).inc()
+    entry = state.upstream.entry(task.teacher)
+    assert entry is not None
+    prompt = task.prompt or task.match.system_prompt_contains
+    messages = [{"role": "system", "content": prompt}] if prompt else []
+    messages.append({"role": "user", "content": text})
+    started = time.perf_counter()
+    try:
+        result = await state.upstream.complete(entry, {"messages": messages})
+    except UpstreamError as err:
+        state.metrics.upstream_errors.labels(err.kind).inc()
+        exchange.finish("error")
+        return error_response(err.status, err.message, err.error_type, err.code)
+    seconds = time.perf_counter() - started
+    state.metrics.upstream_latency.labels(task.name).observe(seconds)
+    answer = TeacherAnswer(content_of(result), *usage_of(result), seconds)
+    label = keep_answer(exchange, text, routed, answer)
+    exchange.finish(routed.decision)
+    return JSONResponse(
+        {
+            "label": label,
+            "decision": "deferred",
+            "accept_score": routed.score,
+            "model": task.teacher,
+            "reason": routed.reason,
+        },
+        headers=routed.headers(),
+    )

@@ -117,6 +117,10 @@ class TaskConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     match: TaskMatch
     teacher: str
+    prompt: str | None = Field(
+        default=None,
+        description="system prompt /v1/classify sends to the teacher; default: the matched text",
+    )
     input: TaskInput = Field(default_factory=TaskInput)
     labels: list[str] | None = None
     output: TaskOutput = Field(default_factory=TaskOutput)

@@ -59,6 +59,48 @@ class Metrics:
             ["table"],
             registry=r,
         )
+        self.ood = Counter(
+            "tracer_ood",
+            "Task requests deferred because the input is out of distribution.",
+            ["task"],
+            registry=r,
+        )
+        self.teacher_calls_avoided = Counter(
+            "tracer_teacher_calls_avoided",
+            "Task requests answered by the surrogate instead of the teacher.",
+            ["task"],
+            registry=r,
+        )
+        self.cost_saved = Counter(
+            "tracer_cost_saved_usd",
+            "Estimated teacher cost avoided: the teacher's mean cost per call times handled calls.",
+            ["task"],
+            registry=r,
+        )
+        self.refits = Counter(
+            "tracer_refits",
+            "Refit attempts by outcome (deployed, refused, failed).",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "tracer_model_info",
+            "The model version each task serves (value 1).",
+            ["task", "version"],
+            registry=r,
+        )
+        self.calibration_agreement = Gauge(
+            "tracer_model_calibration_agreement",
+            "Agreement with the teacher on accepted calibration traces, for the live model.",
+            ["task"],
+            registry=r,
+        )
+        self.calibration_coverage = Gauge(
+            "tracer_model_calibration_coverage",
+            "Share of calibration traces the live model accepts.",
+            ["task"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "tracer_requests_in_flight", "Requests being served now.", registry=r
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -26,9 +27,12 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
+    update,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -78,6 +82,33 @@ class DecisionRow(Base):
     accept_score: Mapped[float | None] = mapped_column(Float)
     model_version: Mapped[str | None] = mapped_column(String(128))
     latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class LeaseRow(Base):
+    """Who may refit a task now: one holder across workers and replicas on one store."""
+
+    __tablename__ = "leases"
+
+    task: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class RefitRow(Base):
+    """One fit attempt and its outcome; the newest says which traces it covered."""
+
+    __tablename__ = "refits"
+    __table_args__ = (Index("ix_refits_task_id", "task", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(32))  # deployed | refused | failed
+    version: Mapped[str | None] = mapped_column(String(64))
+    n_traces: Mapped[int] = mapped_column(Integer)
+    last_trace_id: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
@@ -239,3 +270,48 @@ async def count_traces(engine: AsyncEngine, task: str, after_id: int = 0) -> int
     )
     async with engine.connect() as conn:
         return int((await conn.execute(query)).scalar_one())
+
+
+async def acquire_lease(engine: AsyncEngine, task: str, holder: str, ttl_s: float) -> bool:
+    """Take or renew the task's lease; one conditional write, so two takers cannot both win."""
+    now = time.time()
+    async with engine.begin() as conn:
+        taken = await conn.execute(
+            update(LeaseRow)
+            .where(
+                LeaseRow.task == task,
+                or_(LeaseRow.holder == holder, LeaseRow.expires_at < now),
+            )
+            .values(holder=holder, expires_at=now + ttl_s)
+        )
+        if taken.rowcount == 1:
+            return True
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(LeaseRow).values(task=task, holder=holder, expires_at=now + ttl_s)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def release_lease(engine: AsyncEngine, task: str, holder: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(LeaseRow)
+            .where(LeaseRow.task == task, LeaseRow.holder == holder)
+            .values(expires_at=0.0)
+        )
+
+
+async def last_refit(engine: AsyncEngine, task: str) -> dict[str, Any] | None:
+    query = select(RefitRow).where(RefitRow.task == task).order_by(RefitRow.id.desc()).limit(1)
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    return dict(row._mapping) if row is not None else None
+
+
+async def record_refit(engine: AsyncEngine, **values: Any) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(RefitRow).values(**values))

@@ -1,0 +1,187 @@
+"""Served models: versioned artifact folders on disk and the live router of each task.
+
+On disk, for each task::
+
+    <artifacts.dir>/<task>/versions/v0001/   an artifact (or a refusal) from one fit
+    <artifacts.dir>/<task>/current.json      {"version": "v0003", "previous": "v0002", ...}
+
+The pointer is replaced by rename, so every reader sees either the old or the new
+version, never half of one. Every worker polls the pointer and swaps its in-memory
+router by reassigning one reference: requests already running keep the router
+they started with, so a swap drops nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from router import ArtifactError, Decision, Router
+
+log = logging.getLogger("tracer.models")
+
+POINTER = "current.json"
+_VERSION = re.compile(r"^v(\d+)$")
+# Above this median a prediction goes to a worker thread, off the event loop.
+INLINE_BUDGET_S = 0.0005
+
+
+class ModelStore:
+    """The artifact folders of every task, and which version of each is served."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def task_dir(self, task: str) -> Path:
+        return self.root / task
+
+    def versions(self, task: str) -> list[str]:
+        folder = self.task_dir(task) / "versions"
+        if not folder.is_dir():
+            return []
+        found = [p.name for p in folder.iterdir() if p.is_dir() and _VERSION.match(p.name)]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def version_dir(self, task: str, version: str) -> Path:
+        return self.task_dir(task) / "versions" / version
+
+    def next_version(self, task: str) -> str:
+        existing = self.versions(task)
+        return f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
+
+    def pointer(self, task: str) -> dict[str, Any] | None:
+        path = self.task_dir(task) / POINTER
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("unreadable model pointer %s: %s", path, exc)
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("version"), str) else None
+
+    def current(self, task: str) -> str | None:
+        pointer = self.pointer(task)
+        return pointer["version"] if pointer else None
+
+    def set_current(self, task: str, version: str) -> None:
+        """Point the task at a version, by atomic rename; the old one is kept for rollback."""
+        if not (self.version_dir(task, version) / "manifest.json").is_file():
+            raise ArtifactError(f"task {task} has no version {version}")
+        previous = self.current(task)
+        pointer = {
+            "version": version,
+            "previous": previous if previous != version else None,
+            "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        path = self.task_dir(task) / POINTER
+        tmp = path.with_name(f".{POINTER}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(pointer) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    def manifest(self, task: str, version: str) -> dict[str, Any] | None:
+        try:
+            path = self.version_dir(task, version) / "manifest.json"
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def rollback(self, task: str, to: str | None = None) -> str:
+        """Serve ``to``, or else the version served before this one."""
+        pointer = self.pointer(task)
+        target = to or (pointer or {}).get("previous")
+        if not target:
+            raise ArtifactError(f"task {task} has no previous version to roll back to")
+        manifest = self.manifest(task, target)
+        if manifest is None or manifest.get("status") != "deployed":
+            raise ArtifactError(f"version {target} of task {task} is not a deployable model")
+        Router.load(self.version_dir(task, target))  # verify before serving it
+        self.set_current(task, target)
+        return target
+
+
+@dataclass(frozen=True)
+class LiveModel:
+    """One loaded version, and how to call it without stalling the event loop."""
+
+    version: str
+    router: Router
+    inline: bool
+
+    @property
+    def calibration_agreement(self) -> float | None:
+        cal = self.router.manifest.get("calibration")
+        value = cal.get("agreement") if isinstance(cal, dict) else None
+        return float(value) if isinstance(value, int | float) else None
+
+    async def predict(self, text: str) -> Decision:
+        if self.inline:
+            return self.router.predict(text)
+        return await asyncio.to_thread(self.router.predict, text)
+
+
+_PROBES = ("where is my card", "how do i reset my password", "a longer question " * 8)
+
+
+def _measure_inline(router: Router) -> bool:
+    """Time a few predictions: a fast model answers on the loop, a slow one in a thread."""
+    router.predict_batch(list(_PROBES))
+    timings = []
+    for text in _PROBES * 7:
+        started = time.perf_counter()
+        router.predict(text)
+        timings.append(time.perf_counter() - started)
+    timings.sort()
+    return timings[len(timings) // 2] <= INLINE_BUDGET_S
+
+
+class LiveModels:
+    """The router each task serves now; `refresh` follows the pointers on disk."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        tasks: Sequence[str],
+        on_swap: Callable[[str, LiveModel | None, LiveModel], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.tasks = list(tasks)
+        self.on_swap = on_swap
+        self._live: dict[str, LiveModel] = {}
+
+    def get(self, task: str) -> LiveModel | None:
+        return self._live.get(task)
+
+    def refresh_task(self, task: str) -> LiveModel | None:
+        """Load the pointed-to version if it is not the one served. Blocking: call off-loop."""
+        version = self.store.current(task)
+        live = self._live.get(task)
+        if version is None or (live is not None and live.version == version):
+            return live
+        try:
+            router = Router.load(self.store.version_dir(task, version))
+        except ArtifactError as exc:
+            log.error("task %s: cannot serve version %s, keeping %s: %s",
+                      task, version, live.version if live else "none", exc)  # fmt: skip
+            return live
+        samples = list(router.manifest.get("examples") or [])[:8]
+        fresh = LiveModel(version, router, _measure_inline(router, samples))
+        self._live[task] = fresh  # the swap: one reference, atomic for readers
+        if self.on_swap is not None:
+            self.on_swap(task, live, fresh)
+        log.info("task %s: now serving model %s", task, version)
+        return fresh
+
+    def refresh(self) -> None:
+        for task in self.tasks:
+            self.refresh_task(task)

@@ -1,0 +1,32 @@
+"""The refit worker: one fit, in its own process, so serving never shares a core's GIL.
+
+Run by the refit loop as ``python -m proxy.refit_worker TRACES OUT OPTIONS_JSON``. This
+is the one place where `proxy` imports `training`. Exit status: 0 deployed,
+3 refused by the parity gate, anything else a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+
+REFUSED = 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3:
+        print(
+            "usage: python -m proxy.refit_worker TRACES.jsonl OUT_DIR OPTIONS_JSON", file=sys.stderr
+        )
+        return 2
+    traces, out_dir, options = args
+    from training.fit import FitOptions, fit
+
+    result = fit(traces, out_dir, FitOptions(**json.loads(options)))
+    return 0 if result.deployed else REFUSED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
