@@ -1,0 +1,78 @@
+"""Router: load an artifact and decide, per input, whether the surrogate answers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from router.decision import Decision
+from router.errors import ArtifactError
+from router.manifest import read_manifest, verify_files
+from router.pipeline import Pipeline, Scores
+
+
+class Router:
+    """A loaded, verified artifact. Thread-safe: predict only reads state."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], pipeline: Pipeline) -> None:
+        threshold = manifest.get("threshold")
+        if not isinstance(threshold, int | float) or not math.isfinite(threshold):
+            raise ArtifactError("manifest has no finite threshold")
+        self.directory = directory
+        self.manifest = manifest
+        self.threshold = float(threshold)
+        self.labels: list[str] = pipeline.labels
+        self.version: str = str(manifest.get("version") or manifest["manifest_sha256"][:12])
+        self._pipeline = pipeline
+
+    @classmethod
+    def load(cls, path: str | Path, *, intra_op_threads: int = 1) -> Router:
+        """Verify checksums and load; raise ArtifactError / ArtifactRefused."""
+        directory = Path(path)
+        manifest = read_manifest(directory)
+        verify_files(directory, manifest)
+        pipeline = Pipeline(directory, manifest, threads=intra_op_threads)
+        return cls(directory, manifest, pipeline)
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self._pipeline
+
+    def score(self, texts: Sequence[str]) -> Scores:
+        return self._pipeline.score(list(texts))
+
+    def predict(self, text: str) -> Decision:
+        return self.predict_batch([text])[0]
+
+    def predict_batch(self, texts: Sequence[str]) -> list[Decision]:
+        if not texts:
+            return []
+        s = self._pipeline.score(list(texts))
+        return [
+            self._decide(
+                int(s.label_index[i]),
+                float(s.accept_score[i]),
+                bool(s.ood[i]),
+                float(s.ood_similarity[i]),
+            )
+            for i in range(len(texts))
+        ]
+
+    def _decide(self, idx: int, score: float, ood: bool, sim: float) -> Decision:
+        label = self.labels[idx]
+        t = self.threshold
+        if ood:
+            reason = (
+                f"deferred: out of distribution (similarity {sim:.3f} < "
+                f"{self._pipeline.ood_min_similarity:.3f})"
+            )
+            return Decision(label, "deferred", score, reason, True)
+        if score >= t:
+            return Decision(
+                label, "handled", score, f"accepted: score {score:.4f} >= threshold {t:.4f}"
+            )
+        return Decision(
+            label, "deferred", score, f"deferred: score {score:.4f} below threshold {t:.4f}"
+        )

@@ -1,0 +1,122 @@
+"""Threshold calibration with a finite-sample bound (Clopper-Pearson).
+
+The thresholds form a fixed grid on [0, 1] that does not depend on data,
+tested in sequence from strict to loose: at each threshold, H0 "agreement on
+accepted inputs < alpha" is rejected when the one-sided Clopper-Pearson lower
+bound at confidence 1 - delta reaches alpha. Testing stops at the first
+threshold that is not rejected (fixed-sequence testing: no multiple-testing
+penalty), and the loosest rejected threshold is returned.
+
+The sequence starts at the first grid threshold that accepts at least
+`min_testable(alpha, delta)` calibration inputs: below that even perfect
+agreement cannot reach alpha, so such a threshold cannot be tested.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.stats import beta
+
+
+def clopper_pearson_lower(k: int | np.ndarray, n: int | np.ndarray, delta: float) -> np.ndarray:
+    """One-sided lower confidence bound (level 1 - delta) on a binomial rate."""
+    k = np.asarray(k, dtype=np.float64)
+    n = np.asarray(n, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        lb = beta.ppf(delta, k, n - k + 1)
+    return np.where((k <= 0) | (n <= 0), 0.0, np.nan_to_num(lb, nan=0.0))
+
+
+def min_testable(alpha: float, delta: float) -> int:
+    """Smallest n for which n agreements out of n can certify alpha."""
+    return max(1, math.ceil(math.log(delta) / math.log(alpha)))
+
+
+def threshold_grid(size: int = 600) -> np.ndarray:
+    """Fixed thresholds, strict to loose: fine near 1 where probabilities pile up."""
+    log_part = 1.0 - np.logspace(-6, 0, size // 2)
+    lin_part = np.linspace(1.0, 0.0, size - size // 2)
+    grid = np.unique(np.concatenate([log_part, lin_part, [1.0, 0.0]]))[::-1]
+    return np.concatenate([[np.inf], grid[grid <= 1.0]])[1:]
+
+
+@dataclass
+class Calibration:
+    """Outcome of the fixed-sequence test on the calibration split."""
+
+    threshold: float | None  # None: no threshold certified
+    n: int
+    accepted: int
+    coverage: float
+    agreement: float | None
+    lower_bound: float | None
+    tested: int
+    best_empirical_coverage: float  # largest coverage with empirical agreement >= alpha
+    best_empirical_agreement: float | None
+    overall_agreement: float
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def calibrate(
+    scores: np.ndarray,
+    correct: np.ndarray,
+    alpha: float,
+    delta: float,
+    grid: np.ndarray | None = None,
+) -> Calibration:
+    """Choose the loosest certified threshold; `scores` of -inf are never accepted."""
+    scores = np.asarray(scores, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    n = len(scores)
+    grid = threshold_grid() if grid is None else grid
+    order = np.argsort(-scores, kind="stable")
+    s_sorted = scores[order]
+    c_cum = np.concatenate([[0], np.cumsum(correct[order])])
+    # accepted count at threshold t = number of scores >= t
+    counts = np.searchsorted(-s_sorted, -grid, side="right")
+    agree = c_cum[counts]
+    lbs = clopper_pearson_lower(agree, counts, delta)
+    n_min = min_testable(alpha, delta)
+    chosen = None
+    tested = 0
+    for j in range(len(grid)):
+        if counts[j] < n_min:
+            continue
+        tested += 1
+        if lbs[j] >= alpha:
+            chosen = j
+        else:
+            break
+    # best reachable without the bound, for refusal reports
+    k_all = np.arange(1, n + 1)
+    emp = c_cum[1:] / k_all if n else np.array([])
+    finite = np.isfinite(s_sorted)
+    ok = np.flatnonzero((emp >= alpha) & finite) if n else np.array([], dtype=int)
+    best_cov = float((ok.max() + 1) / n) if len(ok) else 0.0
+    best_agr = float(emp[ok.max()]) if len(ok) else None
+    overall = float(correct.mean()) if n else 0.0
+    if chosen is None:
+        return Calibration(None, n, 0, 0.0, None, None, tested, best_cov, best_agr, overall)
+    m = int(counts[chosen])
+    return Calibration(
+        float(grid[chosen]),
+        n,
+        m,
+        m / n,
+        float(agree[chosen] / m),
+        float(lbs[chosen]),
+        tested,
+        best_cov,
+        best_agr,
+        overall,
+    )
+
+
+def coverage_at(scores: np.ndarray, correct: np.ndarray, alpha: float, delta: float) -> float:
+    """Certified coverage at alpha (used to compare candidates on validation)."""
+    return calibrate(scores, correct, alpha, delta).coverage

@@ -1,0 +1,138 @@
+"""Build the classifier "head" graph: features -> probabilities (+ OOD similarity).
+
+One ONNX session per stage keeps latency low: the head fuses the projection
+(linear weights, or a TruncatedSVD plus an skl2onnx sub-model) and the
+centroid similarity of the OOD check into one matrix product. For wide sparse
+features (TF-IDF) the product gathers only the rows of the non-zero features
+(NonZero / Gather / ScatterND) instead of a dense [D, M] MatMul.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, compose, helper, numpy_helper
+
+OPSET = {"": 17, "ai.onnx.ml": 3}
+IR_VERSION = 8
+SPARSE_MIN_DIM = 4096
+
+
+def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(value), name)
+
+
+def _sparse_matmul(x: str, w: str, out: str, m: int) -> tuple[list[onnx.NodeProto], list]:
+    """out[N, m] = x[N, D] @ w[D, m], touching only the non-zero entries of x."""
+    nodes = [
+        helper.make_node("NonZero", [x], ["sm_nz"]),
+        helper.make_node("Transpose", ["sm_nz"], ["sm_nzT"], perm=[1, 0]),
+        helper.make_node("GatherND", [x, "sm_nzT"], ["sm_vals"]),
+        helper.make_node("Gather", ["sm_nz", "sm_i1"], ["sm_cols"], axis=0),
+        helper.make_node("Gather", ["sm_nz", "sm_i0"], ["sm_rows"], axis=0),
+        helper.make_node("Gather", [w, "sm_cols"], ["sm_wr"], axis=0),
+        helper.make_node("Unsqueeze", ["sm_vals", "sm_a1"], ["sm_vals2"]),
+        helper.make_node("Mul", ["sm_wr", "sm_vals2"], ["sm_contrib"]),
+        helper.make_node("Shape", [x], ["sm_xs"]),
+        helper.make_node("Slice", ["sm_xs", "sm_a0", "sm_a1"], ["sm_n"]),
+        helper.make_node("Concat", ["sm_n", "sm_m"], ["sm_shape"], axis=0),
+        helper.make_node(
+            "ConstantOfShape",
+            ["sm_shape"],
+            ["sm_zeros"],
+            value=numpy_helper.from_array(np.zeros(1, np.float32)),
+        ),
+        helper.make_node("Unsqueeze", ["sm_rows", "sm_a1"], ["sm_rows2"]),
+        helper.make_node(
+            "ScatterND", ["sm_zeros", "sm_rows2", "sm_contrib"], [out], reduction="add"
+        ),
+    ]
+    inits = [
+        _const("sm_i0", np.array(0, np.int64)),
+        _const("sm_i1", np.array(1, np.int64)),
+        _const("sm_a0", np.array([0], np.int64)),
+        _const("sm_a1", np.array([1], np.int64)),
+        _const("sm_m", np.array([m], np.int64)),
+    ]
+    return nodes, inits
+
+
+def build_head(
+    dim: int,
+    n_classes: int,
+    projection: np.ndarray,
+    bias: np.ndarray | None = None,
+    temperature: float = 1.0,
+    sub_model: onnx.ModelProto | None = None,
+    centroids: np.ndarray | None = None,
+    sparse: bool | None = None,
+) -> onnx.ModelProto:
+    """Head graph with input "features" [N, dim].
+
+    Without `sub_model`: probabilities = softmax(temperature * (x @ projection + bias)),
+    projection [dim, n_classes]. With `sub_model` (skl2onnx, input "reduced",
+    output "probabilities"): reduced = x @ projection feeds it.
+    `centroids` [n_classes', dim] (unit rows) adds output "similarity" [N]:
+    the largest cosine between x and a centroid.
+    """
+    sparse = dim >= SPARSE_MIN_DIM if sparse is None else sparse
+    r = projection.shape[1]
+    mats = [projection.astype(np.float32)]
+    if centroids is not None:
+        mats.append(centroids.T.astype(np.float32))
+    w_all = np.hstack(mats) if len(mats) > 1 else mats[0]
+    m = w_all.shape[1]
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = [_const("W_all", w_all)]
+    if sparse:
+        n, i = _sparse_matmul("features", "W_all", "proj", m)
+        nodes += n
+        inits += i
+    else:
+        nodes.append(helper.make_node("MatMul", ["features", "W_all"], ["proj"]))
+    inits += [
+        _const("c_axis1", np.array([1], np.int64)),
+        _const("c_0", np.array([0], np.int64)),
+        _const("c_r", np.array([r], np.int64)),
+        _const("c_m", np.array([m], np.int64)),
+    ]
+    nodes.append(helper.make_node("Slice", ["proj", "c_0", "c_r", "c_axis1"], ["first"]))
+    outputs = [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes])]
+    if sub_model is None:
+        logits = "first"
+        if bias is not None:
+            inits.append(_const("bias", bias.astype(np.float32)))
+            nodes.append(helper.make_node("Add", ["first", "bias"], ["logits_b"]))
+            logits = "logits_b"
+        inits.append(_const("temperature", np.array(temperature, np.float32)))
+        nodes.append(helper.make_node("Mul", [logits, "temperature"], ["logits_t"]))
+        nodes.append(helper.make_node("Softmax", ["logits_t"], ["probabilities"], axis=1))
+    else:
+        sub = compose.add_prefix(sub_model, "h_")
+        nodes.append(helper.make_node("Identity", ["first"], ["h_reduced"]))
+        nodes += list(sub.graph.node)
+        inits += list(sub.graph.initializer)
+        nodes.append(helper.make_node("Identity", ["h_probabilities"], ["probabilities"]))
+    if centroids is not None:
+        nodes += [
+            helper.make_node("Slice", ["proj", "c_r", "c_m", "c_axis1"], ["dots"]),
+            helper.make_node("ReduceL2", ["features"], ["xnorm"], axes=[1], keepdims=1),
+            helper.make_node("Max", ["xnorm", "eps"], ["xnorm_safe"]),
+            helper.make_node("Div", ["dots", "xnorm_safe"], ["cos"]),
+            helper.make_node("ReduceMax", ["cos"], ["similarity"], axes=[1], keepdims=0),
+        ]
+        inits.append(_const("eps", np.array(1e-12, np.float32)))
+        outputs.append(helper.make_tensor_value_info("similarity", TensorProto.FLOAT, [None]))
+    graph = helper.make_graph(
+        nodes,
+        "tracer_head",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, dim])],
+        outputs,
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSET.items()]
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model)
+    return model
