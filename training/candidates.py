@@ -110,7 +110,7 @@ class LinearSVM(Candidate):
 
     def fit(self, x: Matrix, y: np.ndarray, n_classes: int, reducer: Reducer) -> LinearSVM:
         self.n_classes = n_classes
-        self.model = LinearSVC(C=self.C, max_iter=2000)
+        self.model = LinearSVC(C=self.C, max_iter=2000, random_state=0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             self.model.fit(x, y)

@@ -27,8 +27,10 @@ from sklearn.pipeline import FeatureUnion
 from router.encoder import SentenceEncoder
 from router.manifest import sha256_file
 
-# skl2onnx keeps this pattern (no inline flags); see docs on converter pitfalls.
-TOKEN_PATTERN = r"\b\w+\b"
+# Word tokens: runs of anything but whitespace and ASCII punctuation. Not `\w`: the
+# ONNX regex engine (RE2) treats \w as ASCII-only, Python as Unicode, so "café"
+# would split differently. No inline flags either (skl2onnx drops them).
+TOKEN_PATTERN = r"[^\s!-/:-@\[-`{-~]+"
 ONNX_LOCALE = "C.UTF-8"
 
 

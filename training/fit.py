@@ -40,7 +40,7 @@ from router.manifest import (
 from router.pipeline import Pipeline
 from router.text import normalize_text
 from training.acceptors import cross_fit_scores, fit_learned, learned_to_onnx
-from training.bound import Calibration, calibrate, min_testable
+from training.bound import Calibration, calibrate, min_testable, start_count_for
 from training.candidates import Candidate, Reducer, default_candidates
 from training.embedders import (
     EncoderEmbedder,
@@ -297,6 +297,8 @@ def _run(
     if k < 2:
         raise _Refusal("too_few_labels", "fewer than 2 labels in the training splits")
     manifest["labels"] = labels
+    # a few training inputs, for warm-up and latency probes by the server
+    manifest["examples"] = [raw_texts[i] for i in splits["fit"][:8]]
 
     with progress.stage("embed"):
         parts = parse_embedder_spec(opts.embedder, encoder_weight=opts.encoder_weight)
@@ -341,7 +343,8 @@ def _run(
                 else:
                     score = simple_score(acc, feats)
                 score = np.where(ood_val, -np.inf, score)
-                cal = calibrate(score, correct, alpha, delta)
+                start = start_count_for(len(score), opts.min_coverage)
+                cal = calibrate(score, correct, alpha, delta, start_count=start)
                 row = {
                     "candidate": cand.name,
                     "acceptor": acc,
@@ -460,7 +463,8 @@ def _run(
         s = pipe.score([raw_texts[i] for i in cal_idx])
         cal_correct = s.label_index == y[cal_idx]
         cal_scores = np.where(s.ood, -np.inf, s.accept_score)
-        cal = calibrate(cal_scores, cal_correct, alpha, delta)
+        start = start_count_for(len(cal_scores), opts.min_coverage)
+        cal = calibrate(cal_scores, cal_correct, alpha, delta, start_count=start)
         manifest["calibration"] = {**cal.as_dict(), "ood_share": float(s.ood.mean())}
         progress.log(
             f"threshold {cal.threshold}, coverage {cal.coverage:.3f}, agreement {cal.agreement}"

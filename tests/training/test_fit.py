@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router import ArtifactRefused, Router
+from training.datasets import load_labelled
+from training.fit import FitOptions, FitResult, fit
+from training.synthetic import random_labels, separable
+from training.traces import write_traces
+
+FAST = {"quiet": True, "candidates": ["linear_svm"]}
+
+
+def test_deploys_on_separable_set(deployed_artifact: FitResult) -> None:
+    m = deployed_artifact.manifest
+    assert deployed_artifact.status == "deployed"
+    assert m["threshold"] is not None and m["calibration"]["lower_bound"] >= m["alpha"]
+    assert m["calibration"]["coverage"] >= 0.8
+    assert m["test"]["n"] > 0 and m["test"]["agreement_handled"] >= 0.95
+    assert set(m["splits"]) == {"fit", "validation", "calibration", "test"}
+    assert sum(m["splits"].values()) == m["data"]["n_used"]
+    assert m["parity"]["embedding_max_abs_diff"] < 1e-4
+    assert {"numpy", "onnxruntime", "scikit-learn"} <= set(m["versions"])
+    assert all(len(f["sha256"]) == 64 for f in m["files"].values())
+    assert not any(name.endswith((".pkl", ".pickle", ".joblib")) for name in m["files"])
+    router = Router.load(deployed_artifact.out_dir)
+    assert router.version == m["version"]
+
+
+def test_refuses_on_random_labels(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = fit(random_labels(600), out, **FAST)
+    assert result.status == "refused"
+    refusal = result.manifest["refusal"]
+    assert refusal["code"] in {"no_threshold", "coverage_below_minimum"}
+    assert "calibration" in refusal["reason"] or "minimum" in refusal["reason"]
+    assert "best_empirical_coverage" in refusal and "overall_agreement" in refusal
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+    with pytest.raises(ArtifactRefused) as info:
+        Router.load(out)
+    assert info.value.manifest["status"] == "refused"
+
+
+def test_refuses_too_few_traces(tmp_path: Path) -> None:
+    result = fit(separable(5), tmp_path / "m", **FAST)
+    assert result.status == "refused"
+    assert result.manifest["refusal"]["code"] == "too_few_traces"
+
+
+def test_same_seed_same_splits_and_threshold(tmp_path: Path) -> None:
+    data = separable(100, seed=3)
+    a = fit(data, tmp_path / "a", **FAST)
+    b = fit(data, tmp_path / "b", **FAST)
+    assert a.manifest["splits"] == b.manifest["splits"]
+    assert a.manifest["threshold"] == b.manifest["threshold"]
+    assert a.manifest["files"]["head.onnx"] == b.manifest["files"]["head.onnx"]
+
+
+def test_failed_fit_leaves_no_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "m"
+    with pytest.raises(ValueError):
+        fit(separable(30), out, FitOptions(quiet=True, test_size=0.5, calibration_size=0.5))
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_candidate_exports_onnx_in_parity(tmp_path: Path) -> None:
+    """Each candidate and the learned acceptor, refit and exported: ONNX matches sklearn."""
+    for name in ("logreg", "mlp", "extra_trees"):
+        result = fit(
+            separable(100, seed=5),
+            tmp_path / name,
+            quiet=True,
+            candidates=[name],
+            acceptors=("learned",),
+            min_coverage=0.0,
+            svd_components=16,
+        )
+        parity = result.manifest["parity"]
+        assert parity["label_agreement"] == 1.0, name
+        assert parity["probability_max_abs_diff"] < 1e-4, name
+        assert result.manifest["classifier"]["kind"] == name
+
+
+def test_traces_file_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from training.cli import eval_command, fit_command
+
+    traces = tmp_path / "traces.jsonl"
+    data = separable(100, seed=7)
+    write_traces(traces, [*data, ("", "card_arrival"), ("bad label here", "nope")])
+    out = tmp_path / "m"
+    code = fit_command(
+        [str(traces), "--out", str(out), "--target", "0.9", "--quiet",
+         "--candidates", "linear_svm",
+         "--labels", "card_arrival,exchange_rate,lost_card,top_up"]
+    )  # fmt: skip
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["data"]["empty_input"] == 1 and manifest["data"]["invalid_label"] == 1
+    held = tmp_path / "held.jsonl"
+    write_traces(held, separable(20, seed=99))
+    capsys.readouterr()
+    assert eval_command([str(out), str(held)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 80 and 0 <= report["coverage"] <= 1
+    assert report["agreement_handled"] is None or report["agreement_handled"] >= 0.9
+    # a refusal: eval exits non-zero
+    write_traces(traces, random_labels(300))
+    assert fit_command([str(traces), "--out", str(tmp_path / "r"), "--quiet",
+                        "--candidates", "linear_svm"]) == 3  # fmt: skip
+    assert eval_command([str(tmp_path / "r"), str(held)]) == 3
+    assert load_labelled(held)[0][1]
+
+
+def test_router_decisions_match_recorded_test_figures(deployed_artifact: FitResult) -> None:
+    router = Router.load(deployed_artifact.out_dir)
+    texts = [t for t, _ in separable(30, seed=11)]
+    batch = router.predict_batch(texts)
+    single = [router.predict(t) for t in texts]
+    assert [d.label for d in batch] == [d.label for d in single]
+    assert np.allclose([d.accept_score for d in batch], [d.accept_score for d in single], atol=1e-5)

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.bound import calibrate, clopper_pearson_lower, min_testable, threshold_grid
+from training.splits import stratified_split
+
+FRACTIONS = {"fit": 0.6, "validation": 0.15, "calibration": 0.15, "test": 0.1}
+
+
+def _labels(seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [f"c{int(i)}" for i in rng.integers(0, 7, 2000)] + ["rare"] * 3
+
+
+def test_splits_disjoint_complete_stratified_reproducible() -> None:
+    labels = _labels()
+    a = stratified_split(labels, FRACTIONS, seed=1)
+    b = stratified_split(labels, FRACTIONS, seed=1)
+    c = stratified_split(labels, FRACTIONS, seed=2)
+    allidx = np.concatenate(list(a.values()))
+    assert len(allidx) == len(labels) == len(set(allidx.tolist()))
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["calibration"], c["calibration"])
+    arr = np.array(labels)
+    for cls in set(labels) - {"rare"}:
+        n_cls = (arr == cls).sum()
+        for name, frac in FRACTIONS.items():
+            got = (arr[a[name]] == cls).sum()
+            assert abs(got - frac * n_cls) <= 1.0
+
+
+def test_clopper_pearson_known_values() -> None:
+    # k == n: the bound is delta ** (1 / n)
+    assert clopper_pearson_lower(100, 100, 0.05) == pytest.approx(0.05 ** (1 / 100))
+    assert clopper_pearson_lower(0, 10, 0.05) == 0.0
+    # 95 / 100 at 95%: 0.8977 (textbook value)
+    assert clopper_pearson_lower(95, 100, 0.05) == pytest.approx(0.8977, abs=1e-4)
+    assert min_testable(0.95, 0.05) == 59
+
+
+def test_grid_is_strict_to_loose() -> None:
+    g = threshold_grid()
+    assert g[0] == 1.0 and g[-1] == 0.0 and np.all(np.diff(g) < 0)
+
+
+def test_calibrate_refuses_without_signal_and_certifies_with_it() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.random(1500)
+    assert calibrate(scores, rng.random(1500) < 0.5, 0.95, 0.05).threshold is None
+    good = rng.random(1500) < np.where(scores > 0.3, 0.995, 0.3)
+    cal = calibrate(scores, good, 0.95, 0.05, start_count=150)
+    assert cal.threshold is not None and cal.lower_bound >= 0.95
+    assert 0.5 < cal.coverage < 0.8
+    # -inf scores (OOD) are never accepted
+    cal2 = calibrate(np.where(scores > 0.9, -np.inf, scores), good, 0.95, 0.05, start_count=150)
+    assert cal2.coverage <= 0.9
+
+
+def test_bound_holds_over_repeated_calibrations() -> None:
+    """Share of calibrations whose true agreement above the threshold is < alpha <= delta."""
+    rng = np.random.default_rng(1)
+    alpha, delta, n = 0.9, 0.1, 600
+
+    def p_correct(s: np.ndarray) -> np.ndarray:
+        return 0.5 + 0.5 * s**0.5
+
+    big = rng.random(200_000)
+    big_p = p_correct(big)
+    failures = 0
+    runs = 150
+    for _ in range(runs):
+        s = rng.random(n)
+        cal = calibrate(s, rng.random(n) < p_correct(s), alpha, delta, start_count=60)
+        if cal.threshold is None:
+            continue
+        true_agreement = big_p[big >= cal.threshold].mean()
+        failures += true_agreement < alpha
+    assert failures / runs <= delta + 0.05

@@ -1,0 +1,166 @@
+"""`tracer fit` and `tracer eval` (wired into the `tracer` script by proxy/cli.py).
+
+Also runnable as `python -m training fit ...` / `python -m training eval ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+REFUSED_EXIT = 3
+
+
+def _labels_arg(value: str | None) -> list[str] | None:
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_file():
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            return [line.strip() for line in text.splitlines() if line.strip()]
+        return [str(x) for x in data]
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+def fit_command(argv: Sequence[str]) -> int:
+    from training.fit import FitOptions
+
+    defaults = FitOptions()
+    p = argparse.ArgumentParser(
+        prog="tracer fit",
+        description="Fit a parity-gated surrogate on teacher traces (JSONL: input, label).",
+    )
+    p.add_argument("traces", help="trace file, JSONL with 'input' and 'label'")
+    p.add_argument("--out", required=True, help="artifact directory to write")
+    p.add_argument(
+        "--target",
+        type=float,
+        default=defaults.target,
+        help="alpha: agreement with the teacher on handled inputs (default 0.95)",
+    )
+    p.add_argument(
+        "--confidence",
+        type=float,
+        default=defaults.confidence,
+        help="1 - delta: confidence of the bound (default 0.95)",
+    )
+    p.add_argument(
+        "--min-coverage",
+        type=float,
+        default=defaults.min_coverage,
+        help="refuse below this calibrated coverage (default 0.2)",
+    )
+    p.add_argument(
+        "--embedder",
+        default=defaults.embedder,
+        help="tfidf | PATH to an encoder folder | tfidf+PATH (default tfidf)",
+    )
+    p.add_argument(
+        "--encoder-weight",
+        type=float,
+        default=defaults.encoder_weight,
+        help="scale of the encoder features when joined with TF-IDF",
+    )
+    p.add_argument(
+        "--labels",
+        default=None,
+        help="closed label set: comma list, or a file (JSON list or one a line)",
+    )
+    p.add_argument(
+        "--candidates",
+        default=None,
+        help="comma list among linear_svm,logreg,mlp,extra_trees (default all)",
+    )
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--test-size", type=float, default=defaults.test_size)
+    p.add_argument("--calibration-size", type=float, default=defaults.calibration_size)
+    p.add_argument("--validation-size", type=float, default=defaults.validation_size)
+    p.add_argument(
+        "--ood-quantile",
+        type=float,
+        default=defaults.ood_quantile,
+        help="share of in-distribution validation inputs flagged OOD (0: no OOD check)",
+    )
+    p.add_argument(
+        "--no-refit", action="store_true", help="keep the model trained on the fit split only"
+    )
+    p.add_argument("--task", default=None, help="task name recorded in the manifest")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    args = p.parse_args(list(argv))
+
+    from training.fit import fit
+    from training.traces import TraceFormatError
+
+    opts = FitOptions(
+        target=args.target,
+        confidence=args.confidence,
+        min_coverage=args.min_coverage,
+        embedder=args.embedder,
+        encoder_weight=args.encoder_weight,
+        seed=args.seed,
+        test_size=args.test_size,
+        calibration_size=args.calibration_size,
+        validation_size=args.validation_size,
+        labels=_labels_arg(args.labels),
+        candidates=args.candidates.split(",") if args.candidates else None,
+        ood_quantile=args.ood_quantile,
+        refit=not args.no_refit,
+        task=args.task,
+        quiet=args.quiet,
+    )
+    try:
+        result = fit(args.traces, Path(args.out), opts)
+    except (OSError, TraceFormatError, ValueError) as exc:
+        print(f"tracer fit: error: {exc}", file=sys.stderr)
+        return 2
+    if result.status == "refused":
+        print(f"tracer fit: refused: {result.manifest['refusal']['reason']}", file=sys.stderr)
+        return REFUSED_EXIT
+    return 0
+
+
+def eval_command(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="tracer eval",
+        description="Evaluate an artifact on labelled data; prints a JSON object.",
+    )
+    p.add_argument("artifact", help="artifact directory written by tracer fit")
+    p.add_argument("labelled", help="labelled data: trace JSONL, or a benchmark file/folder")
+    p.add_argument("--split", default="test", help="split for benchmark folders (default test)")
+    args = p.parse_args(list(argv))
+
+    from router import ArtifactError, ArtifactRefused, Router
+    from training.datasets import load_labelled
+    from training.evaluate import evaluate
+    from training.traces import TraceFormatError
+
+    try:
+        router = Router.load(args.artifact)
+    except ArtifactRefused as exc:
+        refusal = exc.manifest.get("refusal", {})
+        print(json.dumps({"status": "refused", **refusal}, indent=2))
+        print(f"tracer eval: {exc}", file=sys.stderr)
+        return REFUSED_EXIT
+    except ArtifactError as exc:
+        print(f"tracer eval: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        pairs = load_labelled(args.labelled, args.split)
+    except (OSError, TraceFormatError, ValueError) as exc:
+        print(f"tracer eval: error: {exc}", file=sys.stderr)
+        return 2
+    result = {
+        "status": "deployed",
+        "version": router.version,
+        "threshold": router.threshold,
+        "alpha": router.manifest.get("alpha"),
+        **evaluate(router, pairs),
+    }
+    print(json.dumps(result, indent=2))
+    return 0
