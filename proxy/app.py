@@ -23,7 +23,7 @@ from .metrics import Metrics
 from .models import LiveModel, LiveModels, ModelStore
 from .refit import RefitLoop
 from .tasks import TaskMatcher
-from .upstream import Upstream, UpstreamError, cost_of, openai_json
+from .upstream import Upstream, UpstreamError, cost_of
 
 log = logging.getLogger("tracer.proxy")
 
@@ -92,6 +92,7 @@ class ProxyState:
 
     async def start(self, refit: bool = True) -> None:
         await store.create_schema(self.engine)
+        await self.upstream.start()
         self.writer.start()
         await asyncio.to_thread(self.models.refresh)
         if refit and self.config.tasks:
@@ -100,6 +101,7 @@ class ProxyState:
     async def stop(self) -> None:
         await self.refit_loop.stop()
         await self.writer.close()
+        await self.upstream.close()
         await self.engine.dispose()
 
 
@@ -136,7 +138,7 @@ async def embeddings(request: Request) -> Response:
     except UpstreamError as err:
         state.metrics.upstream_errors.labels(err.kind).inc()
         return error_response(err.status, err.message, err.error_type, err.code)
-    return Response(openai_json(result), media_type="application/json")
+    return Response(result.body, media_type="application/json")
 
 
 async def metrics_endpoint(request: Request) -> Response:

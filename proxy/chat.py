@@ -26,7 +26,7 @@ from .http import ClientError, error_body, error_response, read_json_object
 from .metrics import NO_TASK
 from .models import LiveModel
 from .tasks import task_input
-from .upstream import UpstreamError, content_of, openai_json, usage_of
+from .upstream import Answer, Completion, CompletionStream, UpstreamError
 
 if TYPE_CHECKING:
     from .app import ProxyState
@@ -72,9 +72,7 @@ def _is_parts(content: object) -> bool:
 
 @dataclass(frozen=True)
 class TeacherAnswer:
-    content: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
+    answer: Answer
     upstream_seconds: float
 
 
@@ -207,9 +205,9 @@ def answer_locally(exchange: Exchange, body: dict[str, Any], text: str, routed: 
     if body.get("stream"):
         options = body.get("stream_options")
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        events = synthesize_stream(content, body["model"], usage, extra)
+        events = [e.encode() for e in synthesize_stream(content, body["model"], usage, extra)]
         return StreamingResponse(
-            _async_iter(list(events)),
+            _async_iter(events),
             media_type="text/event-stream",
             headers={**SSE_HEADERS, **routed.headers()},
         )
@@ -226,18 +224,19 @@ def keep_answer(exchange: Exchange, text: str, routed: Routed, answer: TeacherAn
     assert task is not None
     entry = state.upstream.entry(task.teacher)
     assert entry is not None  # the config validator guarantees it
-    label = parse_label(answer.content, task.output.format, task.output.field, task.labels)
+    said = answer.answer
+    label = parse_label(said.content, task.output.format, task.output.field, task.labels)
     state.record_trace(
         store.Trace(
             task=task.name,
             input=text,
             label=label,
-            raw_output=answer.content,
+            raw_output=said.content,
             model=task.teacher,
             latency_ms=answer.upstream_seconds * 1000.0,
-            prompt_tokens=answer.prompt_tokens,
-            completion_tokens=answer.completion_tokens,
-            cost_usd=state.cost(entry, answer.prompt_tokens, answer.completion_tokens),
+            prompt_tokens=said.prompt_tokens,
+            completion_tokens=said.completion_tokens,
+            cost_usd=state.cost(entry, said.prompt_tokens, said.completion_tokens),
         )
     )
     reason = routed.reason if label is not None else f"{routed.reason}; answer not a valid label"
@@ -281,31 +280,24 @@ async def forward(
     state = exchange.state
     started = time.perf_counter()
     try:
-        result = await state.upstream.complete(entry, body)
-    except UpstreamError as err:
-        state.metrics.upstream_errors.labels(err.kind).inc()
-        exchange.finish("error")
-        return error_response(err.status, err.message, err.error_type, err.code)
-    if not body.get("stream"):
-        upstream_seconds = time.perf_counter() - started
-        state.metrics.upstream_latency.labels(exchange.task_label).observe(upstream_seconds)
-        if on_answer is not None:
-            on_answer(TeacherAnswer(content_of(result), *usage_of(result), upstream_seconds))
-        response = Response(openai_json(result), media_type="application/json", headers=headers)
-        exchange.finish(decision)
-        return response
-    # Wait for the first chunk before committing to a 200, so that an upstream that
-    # fails or times out before answering still gets its proper status code.
-    chunks = state.upstream.relay(result)
-    try:
-        first = await anext(chunks)
+        result = await state.upstream.complete(entry, body, collect=on_answer is not None)
+        if isinstance(result, Completion):
+            upstream_seconds = time.perf_counter() - started
+            state.metrics.upstream_latency.labels(exchange.task_label).observe(upstream_seconds)
+            if on_answer is not None:
+                on_answer(TeacherAnswer(result.answer(), upstream_seconds))
+            exchange.finish(decision)
+            return Response(result.body, media_type="application/json", headers=headers)
+        # Wait for the first bytes before committing to a 200, so that an upstream that
+        # fails or times out before answering still gets its proper status code.
+        first: bytes | None = await anext(result)
     except UpstreamError as err:
         state.metrics.upstream_errors.labels(err.kind).inc()
         exchange.finish("error")
         return error_response(err.status, err.message, err.error_type, err.code)
     except StopAsyncIteration:
         first = None
-    events = _relay(exchange, first, chunks, started, decision, on_answer)
+    events = _relay(exchange, first, result, started, decision, on_answer)
     return StreamingResponse(
         events, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
     )
@@ -313,35 +305,26 @@ async def forward(
 
 async def _relay(
     exchange: Exchange,
-    first: Any,
-    chunks: AsyncIterator[Any],
+    first: bytes | None,
+    stream: CompletionStream,
     started: float,
     decision: str,
     on_answer: OnAnswer | None,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     state = exchange.state
-    parts: list[str] = []
-    usage: tuple[int | None, int | None] = (None, None)
     outcome = "error"
     try:
-        async for chunk in _prepend(first, chunks):
-            if chunk.choices:
-                delta = getattr(chunk.choices[0], "delta", None)
-                piece = getattr(delta, "content", None)
-                if isinstance(piece, str):
-                    parts.append(piece)
-            if getattr(chunk, "usage", None) is not None:
-                usage = usage_of(chunk)
-            yield f"data: {openai_json(chunk)}\n\n"
+        async for chunk in _prepend(first, stream):
+            yield chunk
         upstream_seconds = time.perf_counter() - started
         state.metrics.upstream_latency.labels(exchange.task_label).observe(upstream_seconds)
         if on_answer is not None:
-            on_answer(TeacherAnswer("".join(parts), *usage, upstream_seconds))
+            on_answer(TeacherAnswer(stream.answer(), upstream_seconds))
         outcome = decision
-        yield "data: [DONE]\n\n"
     except UpstreamError as err:
         state.metrics.upstream_errors.labels(err.kind).inc()
-        yield f"data: {json.dumps(error_body(err.message, err.error_type, err.code))}\n\n"
+        event = json.dumps(error_body(err.message, err.error_type, err.code))
+        yield f"data: {event}\n\n".encode()
     finally:
         exchange.finish(outcome)
 
@@ -353,7 +336,7 @@ async def _prepend(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield item
 
 
-async def _async_iter(items: list[str]) -> AsyncIterator[str]:
+async def _async_iter(items: list[bytes]) -> AsyncIterator[bytes]:
     for item in items:
         yield item
 
@@ -403,9 +386,10 @@ async def classify(request: Request) -> Response:
         state.metrics.upstream_errors.labels(err.kind).inc()
         exchange.finish("error")
         return error_response(err.status, err.message, err.error_type, err.code)
+    assert isinstance(result, Completion)
     seconds = time.perf_counter() - started
     state.metrics.upstream_latency.labels(task.name).observe(seconds)
-    answer = TeacherAnswer(content_of(result), *usage_of(result), seconds)
+    answer = TeacherAnswer(result.answer(), seconds)
     label = keep_answer(exchange, text, routed, answer)
     exchange.finish(routed.decision)
     return JSONResponse(

@@ -76,6 +76,68 @@ def _export(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def _models_list(args: argparse.Namespace) -> int:
+    from .models import ModelStore
+
+    config = load_config(args.config)
+    models = ModelStore(config.artifacts.dir)
+    rows = []
+    for task in config.tasks:
+        current = models.current(task.name)
+        for version in models.versions(task.name):
+            manifest = models.manifest(task.name, version) or {}
+            cal = manifest.get("calibration") or {}
+            refusal = manifest.get("refusal") or {}
+            rows.append(
+                {
+                    "task": task.name,
+                    "version": version,
+                    "serving": version == current,
+                    "status": manifest.get("status", "incomplete"),
+                    "created_at": manifest.get("created_at"),
+                    "threshold": manifest.get("threshold"),
+                    "calibration_coverage": cal.get("coverage"),
+                    "calibration_agreement": cal.get("agreement"),
+                    "reason": refusal.get("reason"),
+                }
+            )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no models yet under {config.artifacts.dir}")
+        return 0
+    for r in rows:
+        mark = "*" if r["serving"] else " "
+        figures = (
+            f"coverage {r['calibration_coverage']:.3f} agreement {r['calibration_agreement']:.3f}"
+            if isinstance(r["calibration_coverage"], float)
+            and isinstance(r["calibration_agreement"], float)
+            else (r["reason"] or "")
+        )
+        when = r["created_at"] or ""
+        print(f"{mark} {r['task']:<24} {r['version']:<7} {r['status']:<9} {when:<26} {figures}")
+    return 0
+
+
+def _models_rollback(args: argparse.Namespace) -> int:
+    from router import ArtifactError
+
+    from .models import ModelStore
+
+    config = load_config(args.config)
+    if config.task(args.task) is None:
+        print(f"tracer: no task named {args.task!r} in {args.config}", file=sys.stderr)
+        return 2
+    try:
+        version = ModelStore(config.artifacts.dir).rollback(args.task, args.to)
+    except ArtifactError as exc:
+        print(f"tracer: {exc}", file=sys.stderr)
+        return 1
+    print(f"task {args.task} now serves {version}; running proxies pick it up within seconds")
+    return 0
+
+
 def _delegate(module: str, function: str) -> object:
     def run(args: argparse.Namespace) -> int:
         import importlib
@@ -109,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--config", required=True)
     export.add_argument("--all", action="store_true", help="include invalid answers (label null)")
     export.set_defaults(run=_export)
+
+    models = sub.add_parser("models", help="show or change the served model versions")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    listing = models_sub.add_parser(
+        "list", help="every version of every task; * marks the served one"
+    )
+    listing.add_argument("--config", required=True)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=_models_list)
+    rollback = models_sub.add_parser("rollback", help="serve the previous (or a given) version")
+    rollback.add_argument("task")
+    rollback.add_argument("--config", required=True)
+    rollback.add_argument("--to", help="the version to serve, e.g. v0002 (default: the previous)")
+    rollback.set_defaults(run=_models_rollback)
 
     for name, module, function, text in [
         ("fit", "training.cli", "fit_command", "fit a surrogate on a trace file"),

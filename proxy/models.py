@@ -174,8 +174,7 @@ class LiveModels:
             log.error("task %s: cannot serve version %s, keeping %s: %s",
                       task, version, live.version if live else "none", exc)  # fmt: skip
             return live
-        samples = list(router.manifest.get("examples") or [])[:8]
-        fresh = LiveModel(version, router, _measure_inline(router, samples))
+        fresh = LiveModel(version, router, _measure_inline(router))
         self._live[task] = fresh  # the swap: one reference, atomic for readers
         if self.on_swap is not None:
             self.on_swap(task, live, fresh)

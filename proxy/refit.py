@@ -93,7 +93,7 @@ class RefitLoop:
             return True
         since = time.monotonic() - self._last_attempt.get(task.name, time.monotonic())
         self._last_attempt.setdefault(task.name, time.monotonic())
-        return new > 0 and last is not None and since >= self.config.refit.interval_seconds
+        return new > 0 and since >= self.config.refit.interval_seconds
 
     async def refit(self, task: TaskConfig) -> RefitOutcome:
         """One fit of one task, if this worker holds the lease."""

@@ -1,4 +1,10 @@
-"""Calls to the upstream LLMs through LiteLLM's async API, and what their failures mean.
+"""Calls to the upstream LLMs, and what their failures mean to the client.
+
+OpenAI-compatible upstreams (``openai/...`` models) are reached through a byte relay
+(`relay.py`); every other provider through LiteLLM's async API, which translates.
+Both give the caller the same two shapes: a `Completion` (the JSON bytes) or a
+`CompletionStream` (server-sent event bytes), each able to say, once read, what
+the teacher answered and how many tokens it used.
 
 The proxy never retries: the client's own SDK does, and a hidden retry would double
 the latency it measures. Every error message leaving this module has had the
@@ -7,11 +13,12 @@ configured secrets scrubbed from it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 # LiteLLM fetches a price map from the network at import unless told otherwise.
@@ -21,10 +28,10 @@ import httpx
 import litellm
 
 from .config import Config, ModelEntry
+from .relay import Relay, RelayStatusError, is_timeout, is_unreachable, relayable
 
 # Keys LiteLLM adds to OpenAI's objects; a client of the proxy should not see them.
 _LITELLM_FIELDS = frozenset({"provider_specific_fields"})
-
 # Keys in OpenAI-style messages are masked like "sk-abc***xyz"; drop even those.
 _KEY_LIKE = re.compile(r"\b(sk|key|tok)-[A-Za-z0-9_\-*]{6,}")
 
@@ -40,46 +47,138 @@ class UpstreamError(Exception):
     code: str | None = None
 
 
+@dataclass
+class Answer:
+    """What the teacher said, read from a response only when a trace needs it."""
+
+    content: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass
+class Completion:
+    body: bytes
+
+    def answer(self) -> Answer:
+        try:
+            data = json.loads(self.body)
+        except ValueError:
+            return Answer()
+        choices = data.get("choices") or [{}]
+        content = (choices[0].get("message") or {}).get("content")
+        return Answer(content if isinstance(content, str) else None, *_usage(data.get("usage")))
+
+
+@dataclass
+class CompletionStream:
+    """Server-sent event bytes; with ``collect``, the events are also read for the trace."""
+
+    chunks: AsyncIterator[bytes]
+    collect: bool
+    _buffer: bytes = b""
+    _parts: list[str] = field(default_factory=list)
+    _usage: tuple[int | None, int | None] = (None, None)
+
+    def __aiter__(self) -> CompletionStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await anext(self.chunks)
+        if self.collect:
+            self._feed(chunk)
+        return chunk
+
+    def _feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        *events, self._buffer = re.split(rb"\r?\n\r?\n", self._buffer)
+        for event in events:
+            for line in event.splitlines():
+                if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
+                    continue
+                try:
+                    data = json.loads(line[5:])
+                except ValueError:
+                    continue
+                for choice in data.get("choices") or []:
+                    if choice.get("index", 0) == 0:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if isinstance(piece, str):
+                            self._parts.append(piece)
+                if data.get("usage"):
+                    self._usage = _usage(data["usage"])
+
+    def answer(self) -> Answer:
+        return Answer("".join(self._parts), *self._usage)
+
+
+def _usage(usage: Any) -> tuple[int | None, int | None]:
+    if not isinstance(usage, dict):
+        return None, None
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
 class Upstream:
-    """Resolves a client-facing model name to LiteLLM parameters and makes the call."""
+    """Resolves a client-facing model name and calls it the cheapest correct way."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self._secrets = sorted(config.secrets(), key=len, reverse=True)
         self._timeout = config.server.upstream_timeout_seconds
+        self._relay = Relay(self._timeout)
         litellm.suppress_debug_info = True
         litellm.telemetry = False
+
+    async def start(self) -> None:
+        await self._relay.start()
+
+    async def close(self) -> None:
+        await self._relay.close()
 
     def entry(self, model_name: str) -> ModelEntry | None:
         return self.config.model(model_name)
 
-    def _kwargs(self, entry: ModelEntry) -> dict[str, Any]:
-        kwargs = entry.litellm_params.call_kwargs()
+    async def complete(
+        self, entry: ModelEntry, body: dict[str, Any], collect: bool = False
+    ) -> Completion | CompletionStream:
+        """Send a chat completion; a stream is returned once its first bytes arrived."""
+        stream = bool(body.get("stream"))
+        try:
+            if relayable(entry):
+                if not stream:
+                    return Completion(await self._relay.post(entry, "/chat/completions", body))
+                chunks = self._mapped(self._relay.stream(entry, "/chat/completions", body))
+            else:
+                result = await litellm.acompletion(**self._litellm_kwargs(entry, body))
+                if not stream:
+                    return Completion(openai_json(result).encode())
+                chunks = self._mapped(_litellm_events(result))
+        except Exception as exc:
+            raise self.map_error(exc) from None
+        return CompletionStream(chunks, collect)
+
+    async def embed(self, entry: ModelEntry, body: dict[str, Any]) -> Completion:
+        try:
+            if relayable(entry):
+                return Completion(await self._relay.post(entry, "/embeddings", body))
+            result = await litellm.aembedding(**self._litellm_kwargs(entry, body))
+            return Completion(openai_json(result).encode())
+        except Exception as exc:
+            raise self.map_error(exc) from None
+
+    def _litellm_kwargs(self, entry: ModelEntry, body: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: v for k, v in body.items() if k != "model"}
+        kwargs.update(entry.litellm_params.call_kwargs())
         kwargs.setdefault("timeout", self._timeout)
         kwargs["max_retries"] = 0
         kwargs["num_retries"] = 0
         return kwargs
 
-    async def complete(self, entry: ModelEntry, body: dict[str, Any]) -> Any:
-        """A ModelResponse, or for ``stream`` a LiteLLM stream wrapper (async iterable)."""
-        params = {k: v for k, v in body.items() if k != "model"}
-        try:
-            return await litellm.acompletion(**params, **self._kwargs(entry))
-        except Exception as exc:
-            raise self.map_error(exc) from None
-
-    async def relay(self, stream: Any) -> AsyncIterator[Any]:
+    async def _mapped(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Iterate a stream, mapping a failure mid-way like one at the start."""
         try:
-            async for chunk in stream:
+            async for chunk in chunks:
                 yield chunk
-        except Exception as exc:
-            raise self.map_error(exc) from None
-
-    async def embed(self, entry: ModelEntry, body: dict[str, Any]) -> Any:
-        params = {k: v for k, v in body.items() if k != "model"}
-        try:
-            return await litellm.aembedding(**params, **self._kwargs(entry))
         except Exception as exc:
             raise self.map_error(exc) from None
 
@@ -90,6 +189,9 @@ class Upstream:
 
     def map_error(self, exc: BaseException) -> UpstreamError:
         """Upstream 4xx as is; 5xx and no connection 502; timeout 504."""
+        if isinstance(exc, RelayStatusError):
+            message, error_type, code = exc.error_fields()
+            return self._status_error(exc.status, self.scrub(message), error_type, code)
         message = self.scrub(_message(exc))
         if _is_timeout(exc):
             return UpstreamError(504, "timeout", f"upstream timed out: {message}", "timeout")
@@ -98,22 +200,31 @@ class Upstream:
                 502, "unreachable", f"upstream unreachable: {message}", "upstream_error"
             )
         status = getattr(exc, "status_code", None)
-        if isinstance(status, int) and 400 <= status < 500 and status != 408:
+        if isinstance(status, int):
             code = getattr(exc, "code", None)
-            return UpstreamError(
-                status,
-                "status_4xx",
-                message,
-                _error_type(status),
-                code if isinstance(code, str) else None,
-            )
-        if status == 408:
-            return UpstreamError(504, "timeout", f"upstream timed out: {message}", "timeout")
-        if isinstance(status, int) and status >= 500:
-            return UpstreamError(
-                502, "status_5xx", f"upstream answered {status}: {message}", "upstream_error"
+            return self._status_error(
+                status, message, None, code if isinstance(code, str) else None
             )
         return UpstreamError(502, "other", f"upstream call failed: {message}", "upstream_error")
+
+    def _status_error(
+        self, status: int, message: str, error_type: str | None, code: str | None
+    ) -> UpstreamError:
+        if status == 408:
+            return UpstreamError(504, "timeout", f"upstream timed out: {message}", "timeout")
+        if 400 <= status < 500:
+            return UpstreamError(
+                status, "status_4xx", message, error_type or _error_type(status), code
+            )
+        return UpstreamError(
+            502, "status_5xx", f"upstream answered {status}: {message}", "upstream_error"
+        )
+
+
+async def _litellm_events(stream: Any) -> AsyncIterator[bytes]:
+    async for chunk in stream:
+        yield f"data: {openai_json(chunk)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -128,16 +239,17 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def _is_timeout(exc: BaseException) -> bool:
     timeouts = (litellm.Timeout, TimeoutError, httpx.TimeoutException)
-    return any(isinstance(e, timeouts) for e in _chain(exc)) or (
-        "timeout on reading data" in str(exc).lower()
+    return (
+        any(isinstance(e, timeouts) or is_timeout(e) for e in _chain(exc))
+        or "timeout on reading data" in str(exc).lower()
     )
 
 
 def _is_unreachable(exc: BaseException) -> bool:
     failures = (litellm.APIConnectionError, ConnectionError, httpx.ConnectError)
-    return any(isinstance(e, failures) for e in _chain(exc)) or str(exc).rstrip().endswith(
-        "Connection error."
-    )
+    return any(isinstance(e, failures) or is_unreachable(e) for e in _chain(exc)) or str(
+        exc
+    ).rstrip().endswith("Connection error.")
 
 
 def _message(exc: BaseException) -> str:
@@ -148,38 +260,32 @@ def _message(exc: BaseException) -> str:
 
 def _error_type(status: int) -> str:
     return {
-        400: "invalid_request_error",
         401: "authentication_error",
         403: "permission_error",
         404: "not_found_error",
-        413: "invalid_request_error",
-        422: "invalid_request_error",
         429: "rate_limit_error",
     }.get(status, "invalid_request_error")
 
 
-def usage_of(response: Any) -> tuple[int | None, int | None]:
-    usage = getattr(response, "usage", None)
-    if usage is None:
-        return None, None
-    return getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
+@functools.lru_cache(maxsize=256)
+def _prices(litellm_model: str) -> tuple[float, float] | None:
+    """USD per prompt and per completion token, looked up once per model."""
+    try:
+        prompt, _ = litellm.cost_per_token(model=litellm_model, prompt_tokens=1_000_000)
+        _, completion = litellm.cost_per_token(model=litellm_model, completion_tokens=1_000_000)
+    except Exception:
+        return None
+    return prompt / 1e6, completion / 1e6
 
 
 def cost_of(
     litellm_model: str, prompt_tokens: int | None, completion_tokens: int | None
 ) -> float | None:
     """Cost in USD from LiteLLM's price map; None for a model it does not price."""
-    if prompt_tokens is None and completion_tokens is None:
+    prices = _prices(litellm_model)
+    if prices is None or (prompt_tokens is None and completion_tokens is None):
         return None
-    try:
-        prompt_cost, completion_cost = litellm.cost_per_token(
-            model=litellm_model,
-            prompt_tokens=prompt_tokens or 0,
-            completion_tokens=completion_tokens or 0,
-        )
-    except Exception:
-        return None
-    return float(prompt_cost + completion_cost)
+    return prices[0] * (prompt_tokens or 0) + prices[1] * (completion_tokens or 0)
 
 
 def openai_json(response: Any) -> str:
@@ -193,12 +299,3 @@ def _without_litellm_fields(value: Any) -> Any:
     if isinstance(value, list):
         return [_without_litellm_fields(v) for v in value]
     return value
-
-
-def content_of(response: Any) -> str | None:
-    choices: Sequence[Any] = getattr(response, "choices", None) or []
-    if not choices:
-        return None
-    message = getattr(choices[0], "message", None)
-    content = getattr(message, "content", None)
-    return content if isinstance(content, str) else None

@@ -1,0 +1,132 @@
+"""A small labelled intent data set the project makes itself, for the demo and tests.
+
+Nothing to download: utterances are composed from templates and fillers with a
+seeded generator, so every machine gets the same set. A few templates are shared
+between neighbouring intents, so the set is not trivially separable and the
+surrogate has real reasons to defer.
+"""
+
+from __future__ import annotations
+
+import random
+
+INTENTS: dict[str, list[str]] = {
+    "card_arrival": [
+        "when will my {card} arrive",
+        "my {card} has not arrived {when}",
+        "how long does delivery of the {card} take",
+        "is my {card} on its way",
+        "i ordered a {card} {when} and it is still not here",
+        "track the delivery of my {card}",
+    ],
+    "card_lost": [
+        "i lost my {card} {when}",
+        "my {card} was stolen {where}",
+        "someone took my {card} {where}",
+        "i can't find my {card} anywhere",
+        "please freeze my {card}, it is missing",
+        "report a missing {card}",
+    ],
+    "transfer_failed": [
+        "my transfer to {who} failed",
+        "the payment to {who} did not go through",
+        "why was my transfer {when} declined",
+        "money i sent to {who} came back",
+        "transfer to {who} shows as failed",
+        "i tried to send money to {who} but it bounced",
+    ],
+    "exchange_rate": [
+        "what is the exchange rate for {currency}",
+        "how much is one {currency} in {currency2}",
+        "convert {currency} to {currency2}",
+        "what rate do you use for {currency}",
+        "is the {currency} rate better {when}",
+        "exchange {currency} into {currency2} for me",
+    ],
+    "balance": [
+        "what is my balance",
+        "how much money is in my {account}",
+        "show the balance of my {account}",
+        "check my {account} balance {when}",
+        "do i have enough in my {account}",
+        "tell me what is left in my {account}",
+    ],
+    "refund": [
+        "i want a refund for {thing}",
+        "how do i get my money back for {thing}",
+        "the refund for {thing} has not arrived",
+        "return {thing} and refund me",
+        "refund the charge for {thing}",
+        "still waiting for the refund of {thing}",
+    ],
+    "pin_change": [
+        "how do i change my pin",
+        "i forgot the pin of my {card}",
+        "reset the pin on my {card}",
+        "my {card} pin is blocked",
+        "can i pick a new pin {when}",
+        "unlock my pin after too many tries",
+    ],
+    "top_up": [
+        "how do i top up my {account}",
+        "add money to my {account} with my {card}",
+        "my top up {when} did not work",
+        "top up {currency} to my {account}",
+        "why is my top up pending",
+        "can i top up by bank transfer",
+    ],
+}
+
+# Phrasings that sit between two intents: a teacher could fairly say either, so each
+# gets one of its two labels at random. The surrogate should learn to defer on them.
+AMBIGUOUS: list[tuple[str, tuple[str, str]]] = [
+    ("i have not got my {card} and i think it was lost in the post", ("card_arrival", "card_lost")),
+    ("my money to {who} came back and i want a refund", ("transfer_failed", "refund")),
+    ("how much is in my {account} after the top up {when}", ("balance", "top_up")),
+    ("my {card} does not work since i changed the pin", ("pin_change", "card_lost")),
+]
+AMBIGUOUS_SHARE = 0.08
+
+FILLERS: dict[str, list[str]] = {
+    "card": ["card", "debit card", "new card", "credit card", "virtual card", "replacement card"],
+    "when": ["yesterday", "last week", "today", "two days ago", "this morning", "last month"],
+    "where": ["on the train", "at the station", "in a shop", "abroad", "at work", "in a taxi"],
+    "who": ["my landlord", "my friend", "a shop", "my mum", "another bank", "my colleague"],
+    "currency": ["euro", "dollar", "pound", "yen", "franc", "krona"],
+    "currency2": ["euros", "dollars", "pounds", "yen", "francs", "rupees"],
+    "account": ["account", "savings account", "current account", "wallet", "joint account"],
+    "thing": ["my order", "a cancelled flight", "the hotel", "a double charge", "the shoes"],
+}
+PREFIXES = ["", "", "", "hi, ", "hello, ", "please ", "quick question: ", "excuse me, "]
+SUFFIXES = ["", "", "", "?", " please", " thanks", ", it is urgent", "!"]
+
+
+def _fill(template: str, rng: random.Random) -> str:
+    text = template
+    for slot, words in FILLERS.items():
+        while "{" + slot + "}" in text:
+            text = text.replace("{" + slot + "}", rng.choice(words), 1)
+    return rng.choice(PREFIXES) + text + rng.choice(SUFFIXES)
+
+
+def make_intents(n: int = 2400, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` distinct (utterance, intent) pairs, near balanced over the intents, shuffled."""
+    rng = random.Random(seed)
+    labels = sorted(INTENTS)
+    seen: set[str] = set()
+    rows: list[tuple[str, str]] = []
+    attempts = 0
+    while len(rows) < n and attempts < n * 50:
+        attempts += 1
+        if rng.random() < AMBIGUOUS_SHARE:
+            template, pair = rng.choice(AMBIGUOUS)
+            label = rng.choice(pair)
+        else:
+            label = labels[len(rows) % len(labels)]
+            template = rng.choice(INTENTS[label])
+        text = _fill(template, rng)
+        if text not in seen:
+            seen.add(text)
+            rows.append((text, label))
+    rng.shuffle(rows)
+    return rows
