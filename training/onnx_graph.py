@@ -66,6 +66,7 @@ def build_head(
     sub_model: onnx.ModelProto | None = None,
     centroids: np.ndarray | None = None,
     sparse: bool | None = None,
+    ood_block: tuple[int, int] | None = None,
 ) -> onnx.ModelProto:
     """Head graph with input "features" [N, dim].
 
@@ -73,12 +74,15 @@ def build_head(
     projection [dim, n_classes]. With `sub_model` (skl2onnx, input "reduced",
     output "probabilities"): reduced = x @ projection feeds it.
     `centroids` [n_classes', dim] (unit rows) adds output "similarity" [N]:
-    the largest cosine between x and a centroid.
+    the largest cosine between x and a centroid; with `ood_block` (start, end)
+    the cosine is taken on those feature columns only (e.g. the encoder block
+    of joined features) and `centroids` has end - start columns.
     """
     sparse = dim >= SPARSE_MIN_DIM if sparse is None else sparse
     r = projection.shape[1]
     mats = [projection.astype(np.float32)]
-    if centroids is not None:
+    fused_ood = centroids is not None and ood_block is None
+    if fused_ood:
         mats.append(centroids.T.astype(np.float32))
     w_all = np.hstack(mats) if len(mats) > 1 else mats[0]
     m = w_all.shape[1]
@@ -114,9 +118,23 @@ def build_head(
         inits += list(sub.graph.initializer)
         nodes.append(helper.make_node("Identity", ["h_probabilities"], ["probabilities"]))
     if centroids is not None:
+        ood_x = "features"
+        if fused_ood:
+            nodes.append(helper.make_node("Slice", ["proj", "c_r", "c_m", "c_axis1"], ["dots"]))
+        else:
+            assert ood_block is not None
+            inits += [
+                _const("ood_start", np.array([ood_block[0]], np.int64)),
+                _const("ood_end", np.array([ood_block[1]], np.int64)),
+                _const("ood_centroids_T", centroids.T.astype(np.float32)),
+            ]
+            ood_x = "ood_x"
+            nodes += [
+                helper.make_node("Slice", ["features", "ood_start", "ood_end", "c_axis1"], [ood_x]),
+                helper.make_node("MatMul", [ood_x, "ood_centroids_T"], ["dots"]),
+            ]
         nodes += [
-            helper.make_node("Slice", ["proj", "c_r", "c_m", "c_axis1"], ["dots"]),
-            helper.make_node("ReduceL2", ["features"], ["xnorm"], axes=[1], keepdims=1),
+            helper.make_node("ReduceL2", [ood_x], ["xnorm"], axes=[1], keepdims=1),
             helper.make_node("Max", ["xnorm", "eps"], ["xnorm_safe"]),
             helper.make_node("Div", ["dots", "xnorm_safe"], ["cos"]),
             helper.make_node("ReduceMax", ["cos"], ["similarity"], axes=[1], keepdims=0),
