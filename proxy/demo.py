@@ -1,0 +1,540 @@
+"""`tracer demo`: watch the flywheel turn, on one machine, with nothing to download.
+
+A simulated teacher (``proxy.sim_teacher``) plays the LLM and answers from the labels of a
+data set; the proxy runs in this process on a free loopback port, with its SQLite store and
+model artifacts in a temporary folder. A labelled stream is replayed in "days": each day's
+rows go through the proxy with the official openai client, and at the day's end the proxy's
+refit loop fits on the traces so far (the same child-process fit and parity gate that the
+background loop runs, called directly so that every run is the same). The table shows the
+share of traffic the surrogate answered, how often it agreed with the labels, what it saved
+and how fast each path was.
+
+The default stream is the project's own synthetic intents; ``--data`` takes a real set, e.g.
+``--data ../shared/datasets/banking77``. ``bench/flywheel.py`` reuses this machinery.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from rich.console import Console
+from rich.table import Table
+from starlette.types import Receive, Scope, Send
+
+from .config import Config, parse_config
+from .refit import RefitOutcome
+
+TASK = "intents"  # the task's name and the model alias clients ask for
+TEACHER_MODEL = "openai/gpt-4o-mini"  # priced by LiteLLM's map; served by the simulated teacher
+HANDLED, TEACHER_SIDE = "handled", ("teacher", "deferred")
+
+Row = tuple[str, str]
+
+
+class DemoError(Exception):
+    """A problem the person running the demo can act on; printed without a traceback."""
+
+
+@dataclass
+class Settings:
+    per_day: int = 400
+    days: int = 6
+    teacher_latency_ms: float = 300.0
+    concurrency: int = 8
+    target: float = 0.95
+    confidence: float = 0.95
+    min_coverage: float = 0.1
+    port: int = 0
+    timeout_s: float = 60.0
+
+
+@dataclass
+class Outcome:
+    decision: str  # handled | deferred | teacher | error
+    seconds: float
+    agrees: bool
+    version: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Day:
+    day: int
+    outcomes: list[Outcome]
+    served: str | None  # the model version served when the day began
+    refit: RefitOutcome | None = None
+    refit_seconds: float = 0.0
+
+    def _count(self, *decisions: str) -> int:
+        return sum(o.decision in decisions for o in self.outcomes)
+
+    @property
+    def requests(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def handled(self) -> int:
+        return self._count(HANDLED)
+
+    @property
+    def teacher_calls(self) -> int:
+        return self._count(*TEACHER_SIDE)
+
+    @property
+    def errors(self) -> list[str]:
+        return [o.error or "?" for o in self.outcomes if o.decision == "error"]
+
+    @property
+    def coverage(self) -> float:
+        return self.handled / self.requests if self.requests else 0.0
+
+    @property
+    def agreement_handled(self) -> float | None:
+        handled = [o.agrees for o in self.outcomes if o.decision == HANDLED]
+        return sum(handled) / len(handled) if handled else None
+
+    @property
+    def agreement(self) -> float | None:
+        answered = [o.agrees for o in self.outcomes if o.decision != "error"]
+        return sum(answered) / len(answered) if answered else None
+
+    @property
+    def versions(self) -> list[str]:
+        return sorted({o.version for o in self.outcomes if o.version})
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0..1) by the nearest-rank rule; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+# -- data -----------------------------------------------------------------------------------
+def load_rows(data: str | None, n: int, seed: int = 0) -> list[Row]:
+    """``n`` labelled rows: the synthetic intents, or the train split of ``data``, shuffled."""
+    if data is None:
+        from .synthetic import make_intents
+
+        return make_intents(n, seed=seed)
+    path = Path(data)
+    if not path.exists():
+        raise DemoError(f"no data at {path} (give a data set folder or a .csv/.jsonl/.tsv file)")
+    from training.datasets import load_labelled
+
+    try:
+        rows = [(t, y) for t, y in load_labelled(path, "train") if t.strip() and y.strip()]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DemoError(f"cannot read labelled data from {path}: {exc}") from None
+    if not rows:
+        raise DemoError(f"{path} holds no labelled rows")
+    random.Random(seed).shuffle(rows)  # files are often sorted by label
+    return rows[:n]
+
+
+def demo_config(teacher_url: str, workdir: Path, labels: Sequence[str], s: Settings) -> Config:
+    raw: dict[str, Any] = {
+        "model_list": [
+            {
+                "model_name": "teacher",
+                "litellm_params": {
+                    "model": TEACHER_MODEL,
+                    "api_key": "sk-simulated",
+                    "api_base": teacher_url,
+                },
+            }
+        ],
+        "tasks": [
+            {
+                "name": TASK,
+                "match": {"model": TASK},
+                "teacher": "teacher",
+                "labels": list(labels),
+                "target": s.target,
+                "confidence": s.confidence,
+                "min_coverage": s.min_coverage,
+            }
+        ],
+        "server": {"port": s.port},
+        "store": {"url": f"sqlite+aiosqlite:///{workdir / 'tracer.db'}"},
+        "artifacts": {"dir": str(workdir / "artifacts")},
+        # The demo fits at each day's end itself; the background loop is off.
+        "refit": {"min_new_traces": 1_000_000_000, "interval_seconds": 1e9},
+    }
+    return parse_config(raw, env={})
+
+
+# -- the running pair: simulated teacher + proxy ----------------------------------------------
+class _LoopCapture:
+    """An ASGI wrapper that remembers the event loop the proxy's server runs on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        await self.app(scope, receive, send)
+
+
+class Flywheel:
+    """A proxy (in this process) in front of a simulated teacher; drive it day by day."""
+
+    def __init__(self, url: str, app: Any, loop: asyncio.AbstractEventLoop, s: Settings) -> None:
+        self.url = url  # ends in /v1
+        self.app = app
+        self.state = app.state.tracer
+        self.loop = loop
+        self.settings = s
+        self.teacher_calls = 0  # so far, to know when every trace is stored
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, rows: Sequence[Row], workdir: Path, s: Settings) -> Iterator[Flywheel]:
+        from .app import create_app
+        from .sim_teacher import SimulatedTeacher, run_sim_teacher
+        from .threaded import serve_in_thread
+
+        labels = sorted({y for _, y in rows})
+        teacher = SimulatedTeacher(
+            dict(rows), labels=labels, latency_s=s.teacher_latency_ms / 1000.0
+        )
+        try:
+            teacher_cm = run_sim_teacher(teacher)
+            teacher_url = teacher_cm.__enter__()
+        except (OSError, RuntimeError) as exc:
+            raise DemoError(f"could not start the simulated teacher: {exc}") from None
+        try:
+            config = demo_config(teacher_url, workdir, labels, s)
+            app = create_app(config, refit=False)
+            wrapped = _LoopCapture(app)
+            try:
+                proxy_cm = serve_in_thread(wrapped, config.server.host, s.port, name="tracer-demo")
+                url = proxy_cm.__enter__()
+            except (OSError, RuntimeError) as exc:
+                raise DemoError(
+                    f"could not start the proxy on {config.server.host}:{s.port}: {exc}"
+                ) from None
+            try:
+                assert wrapped.loop is not None  # the lifespan ran before the server started
+                yield cls(f"{url}/v1", app, wrapped.loop, s)
+            finally:
+                proxy_cm.__exit__(None, None, None)
+        finally:
+            teacher_cm.__exit__(None, None, None)
+
+    # -- one day ----------------------------------------------------------------------------
+    def served(self) -> str | None:
+        live = self.state.models.get(TASK)
+        return live.version if live is not None else None
+
+    def run_day(self, day: int, rows: Sequence[Row]) -> Day:
+        served = self.served()
+        outcomes = asyncio.run(send_all(self.url, rows, self.settings))
+        result = Day(day, outcomes, served)
+        self.teacher_calls += result.teacher_calls
+        return result
+
+    def wait_for_traces(self, timeout_s: float = 60.0) -> None:
+        """Until every teacher answer so far is in the store (the writer is asynchronous)."""
+        deadline = time.monotonic() + timeout_s
+        while self.traces_stored() < self.teacher_calls:
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"only {self.traces_stored():.0f} of {self.teacher_calls} teacher answers "
+                    f"reached the trace store after {timeout_s:.0f} s"
+                )
+            time.sleep(0.05)
+
+    def refit(self, timeout_s: float = 1800.0) -> RefitOutcome:
+        """Fit on every trace so far, behind the parity gate, as the background loop would."""
+        self.wait_for_traces()
+        task = self.state.config.task(TASK)
+        future = asyncio.run_coroutine_threadsafe(self.state.refit_loop.refit(task), self.loop)
+        return future.result(timeout_s)
+
+    # -- figures ----------------------------------------------------------------------------
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.state.metrics.registry.get_sample_value(name, labels)
+        return float(value or 0.0)
+
+    def traces_stored(self) -> float:
+        return sum(
+            self.metric("tracer_traces_stored_total", task=TASK, valid=v) for v in ("true", "false")
+        )
+
+    def cost_saved(self) -> float:
+        return self.metric("tracer_cost_saved_usd_total", task=TASK)
+
+    def teacher_cost(self) -> tuple[float, int]:
+        """Total teacher cost (USD) of the traces stored so far, and how many were priced."""
+        return self.state._teacher_cost.get(TASK, (0.0, 0))
+
+    def refusal(self, version: str | None) -> str | None:
+        """The parity gate's reason, with the best it reached, from a version's manifest."""
+        if version is None:
+            return None
+        manifest = self.state.models.store.manifest(TASK, version) or {}
+        refusal = manifest.get("refusal")
+        if not isinstance(refusal, dict):
+            return None
+        best = {k: v for k, v in refusal.items() if k != "reason" and isinstance(v, int | float)}
+        extra = ", ".join(f"{k} {v:.3g}" for k, v in best.items())
+        reason = str(refusal.get("reason") or "refused")
+        return reason if "(" in reason or not extra else f"{reason} ({extra})"
+
+
+async def send_all(url: str, rows: Sequence[Row], s: Settings) -> list[Outcome]:
+    """Each row through the proxy with the official openai client, ``concurrency`` at a time."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url, api_key="demo", max_retries=0, timeout=s.timeout_s)
+    outcomes: list[Outcome | None] = [None] * len(rows)
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < len(rows):
+            i = next_index
+            next_index += 1
+            text, label = rows[i]
+            started = time.perf_counter()
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=TASK, messages=[{"role": "user", "content": text}]
+                )
+                reply = raw.parse()
+                seconds = time.perf_counter() - started
+                content = reply.choices[0].message.content
+                outcomes[i] = Outcome(
+                    raw.headers.get("x-tracer-decision", "?"),
+                    seconds,
+                    (content or "").strip() == label,
+                    raw.headers.get("x-tracer-model-version"),
+                )
+            except Exception as exc:  # counted and reported, never silently dropped
+                seconds = time.perf_counter() - started
+                outcomes[i] = Outcome("error", seconds, False, error=f"{type(exc).__name__}: {exc}")
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, s.concurrency))))
+    finally:
+        await client.close()
+    return [o for o in outcomes if o is not None]
+
+
+# -- presentation -----------------------------------------------------------------------------
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{1000 * value:.1f} ms"
+
+
+def refit_note(day: Day, fly: Flywheel, full: bool = True) -> str:
+    r = day.refit
+    if r is None:
+        return "-"
+    if r.outcome == "deployed":
+        return f"{r.version} deployed ({day.refit_seconds:.0f} s)"
+    if r.outcome == "refused":
+        head = f"{r.version} refused ({day.refit_seconds:.0f} s)"
+        return f"{head}: {fly.refusal(r.version) or r.reason}" if full else head
+    return f"{r.outcome}: {r.reason}" if full else r.outcome
+
+
+def day_table(days: Sequence[Day], fly: Flywheel, title: str) -> Table:
+    table = Table(title=title)
+    for name in ("day", "requests", "coverage", "agreement\nhandled", "agreement\nall"):
+        table.add_column(name, justify="right")
+    table.add_column("model\nserved")
+    table.add_column("teacher\ncalls", justify="right")
+    table.add_column("refit at\nday's end")
+    for d in days:
+        table.add_row(
+            str(d.day),
+            str(d.requests),
+            _pct(d.coverage),
+            _pct(d.agreement_handled),
+            _pct(d.agreement),
+            ", ".join(d.versions) or (d.served or "none"),
+            str(d.teacher_calls),
+            refit_note(d, fly, full=False),
+        )
+    return table
+
+
+def latency_table(days: Sequence[Day]) -> Table:
+    table = Table(title="Latency through HTTP, all days (openai client)")
+    for name in ("path", "requests", "p50", "p99"):
+        table.add_column(name, justify="right" if name != "path" else "left")
+    for label, decisions in (("handled (surrogate)", (HANDLED,)), ("teacher", TEACHER_SIDE)):
+        secs = [o.seconds for d in days for o in d.outcomes if o.decision in decisions]
+        table.add_row(
+            label, str(len(secs)), _ms(percentile(secs, 0.5)), _ms(percentile(secs, 0.99))
+        )
+    return table
+
+
+# -- the command --------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="tracer demo",
+        description="Replay a labelled stream through the proxy in days, with a simulated "
+        "teacher, and watch coverage grow as the surrogate is refitted behind the parity gate.",
+    )
+    p.add_argument("--data", help="a labelled data set (folder or file); default: synthetic")
+    p.add_argument("--per-day", type=int, default=400, help="requests per day (default 400)")
+    p.add_argument("--days", type=int, default=6, help="days to replay (default 6)")
+    p.add_argument("--teacher-latency-ms", type=float, default=300.0,
+                   help="the simulated teacher's latency (default 300)")  # fmt: skip
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--target", type=float, default=0.95,
+                   help="alpha: agreement with the teacher on handled traffic")  # fmt: skip
+    p.add_argument("--min-coverage", type=float, default=0.1,
+                   help="the gate refuses a model below this coverage (default 0.1)")  # fmt: skip
+    p.add_argument("--port", type=int, default=0, help="the proxy's port (default: a free one)")
+    p.add_argument("--workdir", help="keep the store and artifacts here (default: a temp dir)")
+    p.add_argument("--seed", type=int, default=0, help="shuffles the data (default 0)")
+    argv = list(argv)
+    if argv[:1] == ["--"]:  # `tracer demo -- --days 3`: see proxy/cli.py's delegation
+        argv = argv[1:]
+    args = p.parse_args(argv)
+    for name in ("per_day", "days", "concurrency"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 < args.target < 1:
+        p.error("--target must be between 0 and 1")
+    if args.teacher_latency_ms < 0:
+        p.error("--teacher-latency-ms must not be negative")
+    return args
+
+
+def run(
+    rows: Sequence[Row],
+    s: Settings,
+    workdir: Path,
+    console: Console,
+    on_day: Any = None,
+) -> tuple[list[Day], Flywheel]:
+    """Replay ``rows`` in days of ``s.per_day``, refitting after each; the days and figures."""
+    days: list[Day] = []
+    with Flywheel.running(rows, workdir, s) as fly:
+        console.print(f"proxy at {fly.url}, simulated teacher ({TEACHER_MODEL} prices), "
+                      f"store and artifacts in {workdir}")  # fmt: skip
+        for n in range(s.days):
+            chunk = rows[n * s.per_day : (n + 1) * s.per_day]
+            if not chunk:
+                break
+            with console.status(f"day {n + 1}: {len(chunk)} requests..."):
+                day = fly.run_day(n + 1, chunk)
+            if day.errors:
+                raise DemoError(
+                    f"day {n + 1}: {len(day.errors)} of {day.requests} requests failed; "
+                    f"first: {day.errors[0]}"
+                )
+            if (n + 1) * s.per_day < len(rows) and n + 1 < s.days:  # a day follows: refit
+                with console.status(f"day {n + 1}: refitting on the traces so far..."):
+                    started = time.monotonic()
+                    day.refit = fly.refit()
+                    day.refit_seconds = time.monotonic() - started
+            days.append(day)
+            console.print(
+                f"day {day.day}: coverage {_pct(day.coverage)}, agreement on handled "
+                f"{_pct(day.agreement_handled)}, teacher calls {day.teacher_calls}; "
+                f"refit: {refit_note(day, fly)}"
+            )
+            if on_day is not None:
+                on_day(day, fly)
+        return days, fly
+
+
+def summary(days: Sequence[Day], fly: Flywheel, console: Console) -> None:
+    handled = sum(d.handled for d in days)
+    total = sum(d.requests for d in days)
+    cost, priced = fly.teacher_cost()
+    console.print(day_table(days, fly, "The flywheel, day by day"))
+    for d in days:
+        if d.refit is not None and d.refit.outcome != "deployed":
+            console.print(f"Refit after day {d.day}: {refit_note(d, fly)}")
+    console.print(latency_table(days))
+    mean = cost / priced if priced else None
+    console.print(
+        f"Teacher calls avoided: {handled} of {total} requests ({_pct(handled / total)}). "
+        f"Estimated cost saved: ${fly.cost_saved():.6f} "
+        "(tracer_cost_saved_usd_total: each handled request counts the mean cost of the "
+        f"teacher calls stored so far; {TEACHER_MODEL} list prices via LiteLLM"
+        + (f", mean ${mean:.8f} a call)." if mean is not None else ").")
+    )
+    if mean is not None:
+        console.print(
+            f"At that price, a million requests at the last day's coverage "
+            f"({_pct(days[-1].coverage)}) would save about "
+            f"${1e6 * days[-1].coverage * mean:,.2f}."
+        )
+
+
+def demo_command(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    console = Console()
+    s = Settings(
+        per_day=args.per_day,
+        days=args.days,
+        teacher_latency_ms=args.teacher_latency_ms,
+        concurrency=args.concurrency,
+        target=args.target,
+        min_coverage=args.min_coverage,
+        port=args.port,
+    )
+    for name in ("tracer", "LiteLLM", "litellm"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # the demo reports outcomes itself
+    try:
+        try:
+            import openai  # noqa: F401
+        except ImportError:
+            raise DemoError("the demo drives the proxy with the openai client: "
+                            "pip install openai") from None  # fmt: skip
+        rows = load_rows(args.data, s.per_day * s.days, args.seed)
+        if len(rows) < s.per_day * s.days:
+            console.print(f"[yellow]{len(rows)} rows: fewer than {s.days} days of "
+                          f"{s.per_day}; replaying what there is[/yellow]")  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            if args.workdir:
+                workdir = Path(args.workdir)
+                try:
+                    workdir.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise DemoError(f"cannot use --workdir {workdir}: {exc}") from None
+            else:
+                workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tracer-")))
+            days, fly = run(rows, s, workdir, console)
+            summary(days, fly, console)
+            if not any(d.handled for d in days) and not any(
+                d.refit and d.refit.outcome == "deployed" for d in days
+            ):
+                reasons = [refit_note(d, fly) for d in days if d.refit]
+                raise DemoError(
+                    "no model was ever deployed, so the teacher answered everything; "
+                    "last refit: " + (reasons[-1] if reasons else "none")
+                )
+    except DemoError as exc:
+        console.print(f"[bold red]tracer demo failed:[/bold red] {exc}")
+        return 1
+    return 0
