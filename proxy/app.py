@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
@@ -16,8 +18,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import store
-from .chat import chat_completions, classify
-from .config import Config, ModelEntry
+from .audit import MAX_IN_FLIGHT, AuditWindow, required_audits
+from .chat import audit_handled, chat_completions, classify
+from .config import Config, ModelEntry, TaskConfig
 from .http import ClientError, Guard, client_error_handler, error_response, read_json_object
 from .metrics import Metrics
 from .models import LiveModel, LiveModels, ModelStore
@@ -48,6 +51,45 @@ class ProxyState:
         self.models = LiveModels(ModelStore(config.artifacts.dir), task_names, self._swapped)
         self.refit_loop = RefitLoop(config, self.engine, self.models, self.metrics)
         self._teacher_cost: dict[str, tuple[float, int]] = {}
+        self.audit_windows: dict[str, AuditWindow] = {}
+        self.fallbacks: dict[str, str] = {}
+        self._audits: set[asyncio.Task[None]] = set()
+        self._rng = random.Random()
+
+    def fallback_reason(self, task: str) -> str | None:
+        return self.fallbacks.get(task)
+
+    def maybe_audit(
+        self, task: TaskConfig, live: LiveModel, body: dict[str, Any], text: str, label: str
+    ) -> None:
+        """Send a share of handled requests to the teacher too, never delaying the reply."""
+        if task.audit_rate <= 0 or self._rng.random() >= task.audit_rate:
+            return
+        if len(self._audits) >= MAX_IN_FLIGHT:
+            self.metrics.audits.labels(task.name, "skipped").inc()
+            return
+        job = asyncio.create_task(audit_handled(self, task, live, body, text, label))
+        self._audits.add(job)
+        job.add_done_callback(self._audits.discard)
+
+    def audit_result(self, task: TaskConfig, version: str, agrees: bool | None) -> None:
+        outcome = "invalid" if agrees is None else "agree" if agrees else "disagree"
+        self.metrics.audits.labels(task.name, outcome).inc()
+        window = self.audit_windows.get(task.name)
+        if agrees is None or window is None or window.version != version:
+            return  # an invalid answer says nothing; an old version's audit is moot
+        window.add(agrees)
+        lower, _ = window.bounds()
+        self.metrics.live_agreement.labels(task.name).set(window.agreement or 0.0)
+        self.metrics.live_agreement_lower.labels(task.name).set(lower)
+        verdict = window.verdict()
+        if verdict is not None and task.name not in self.fallbacks:
+            self.fallbacks[task.name] = verdict
+            self.metrics.fallback.labels(task.name).set(1)
+            log.warning(
+                "task %s: falling back to the teacher until a refit passes the gate: %s",
+                task.name, verdict,
+            )  # fmt: skip
 
     def handled(self, task: str) -> None:
         """Count a teacher call avoided, and what it would have cost on average."""
@@ -61,6 +103,17 @@ class ProxyState:
             self.metrics.model_info.remove(task, old.version)
         self.metrics.model_info.labels(task, new.version).set(1)
         cal = new.router.manifest.get("calibration") or {}
+        config = self.config.task(task)
+        assert config is not None
+        self.audit_windows[task] = AuditWindow(
+            new.version,
+            config.target,
+            config.confidence,
+            required_audits(config.target, config.confidence, cal.get("accepted")),
+        )
+        if self.fallbacks.pop(task, None) is not None:
+            log.info("task %s: version %s passed the gate; fallback lifted", task, new.version)
+        self.metrics.fallback.labels(task).set(0)
         for gauge, key in [
             (self.metrics.calibration_agreement, "agreement"),
             (self.metrics.calibration_coverage, "coverage"),
@@ -99,6 +152,9 @@ class ProxyState:
             self.refit_loop.start()
 
     async def stop(self) -> None:
+        for job in list(self._audits):
+            job.cancel()
+        await asyncio.gather(*self._audits, return_exceptions=True)
         await self.refit_loop.stop()
         await self.writer.close()
         await self.upstream.close()

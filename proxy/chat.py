@@ -135,8 +135,10 @@ async def route(state: ProxyState, task: TaskConfig, body: dict[str, Any], text:
     """Answer locally when the live model accepts the input; otherwise ask the teacher."""
     exchange = Exchange(state, task)
     live = state.models.get(task.name)
-    if live is None:
-        return await ask_teacher(exchange, body, text, Routed("teacher", "no model deployed"))
+    fallback = state.fallback_reason(task.name)
+    if live is None or fallback is not None:
+        reason = "no model deployed" if fallback is None else f"fallback: {fallback}"
+        return await ask_teacher(exchange, body, text, Routed("teacher", reason))
     why_not = ineligible(body)
     if why_not is not None:
         return await ask_teacher(exchange, body, text, Routed("deferred", why_not, live))
@@ -190,6 +192,8 @@ def answer_locally(exchange: Exchange, body: dict[str, Any], text: str, routed: 
         }
     }
     state.handled(task.name)
+    assert routed.live is not None
+    state.maybe_audit(task, routed.live, body, text, label)
     state.record_decision(
         store.Decision(
             task=task.name,
@@ -355,13 +359,17 @@ async def classify(request: Request) -> Response:
         raise ClientError(404, f"no task named `{name}`", code="task_not_found", param="task")
     text = text.strip()
     exchange = Exchange(state, task)
+    prompt = task.prompt or task.match.system_prompt_contains
+    messages = [{"role": "system", "content": prompt}] if prompt else []
+    messages.append({"role": "user", "content": text})
     live = state.models.get(task.name)
-    routed = Routed("teacher", "no model deployed")
-    if live is not None:
+    fallback = state.fallback_reason(task.name)
+    routed = Routed("teacher", "no model deployed" if fallback is None else f"fallback: {fallback}")
+    if live is not None and fallback is None:
         decision = await live.predict(text)
         routed = Routed(decision.decision, decision.reason, live, decision)
         if decision.handled:
-            answer_locally(exchange, {"model": task.name}, text, routed)
+            answer_locally(exchange, {"model": task.name, "messages": messages}, text, routed)
             return JSONResponse(
                 {
                     "label": decision.label,
@@ -376,9 +384,6 @@ async def classify(request: Request) -> Response:
             state.metrics.ood.labels(task.name).inc()
     entry = state.upstream.entry(task.teacher)
     assert entry is not None
-    prompt = task.prompt or task.match.system_prompt_contains
-    messages = [{"role": "system", "content": prompt}] if prompt else []
-    messages.append({"role": "user", "content": text})
     started = time.perf_counter()
     try:
         result = await state.upstream.complete(entry, {"messages": messages})
@@ -402,3 +407,42 @@ async def classify(request: Request) -> Response:
         },
         headers=routed.headers(),
     )
+
+
+async def audit_handled(
+    state: ProxyState,
+    task: TaskConfig,
+    live: LiveModel,
+    body: dict[str, Any],
+    text: str,
+    label: str,
+) -> None:
+    """Ask the teacher what it would have said to a handled request; keep it as a trace."""
+    entry = state.upstream.entry(task.teacher)
+    assert entry is not None
+    request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+    started = time.perf_counter()
+    try:
+        result = await state.upstream.complete(entry, request)
+    except UpstreamError as err:
+        state.metrics.upstream_errors.labels(err.kind).inc()
+        state.metrics.audits.labels(task.name, "error").inc()
+        return
+    assert isinstance(result, Completion)
+    said = result.answer()
+    taught = parse_label(said.content, task.output.format, task.output.field, task.labels)
+    state.record_trace(
+        store.Trace(
+            task=task.name,
+            input=text,
+            label=taught,
+            raw_output=said.content,
+            model=task.teacher,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            prompt_tokens=said.prompt_tokens,
+            completion_tokens=said.completion_tokens,
+            cost_usd=state.cost(entry, said.prompt_tokens, said.completion_tokens),
+            source="audit",
+        )
+    )
+    state.audit_result(task, live.version, None if taught is None else taught == label)

@@ -127,6 +127,7 @@ class TaskConfig(_Strict):
     target: float = Field(default=0.95, gt=0, lt=1)
     confidence: float = Field(default=0.95, gt=0, lt=1)
     min_coverage: float = Field(default=0.2, ge=0, le=1)
+    audit_rate: float = Field(default=0.02, ge=0, le=1)
 
     @field_validator("labels")
     @classmethod

@@ -101,6 +101,31 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.audits = Counter(
+            "tracer_audits",
+            "Handled requests also sent to the teacher, by outcome "
+            "(agree, disagree, invalid, error, skipped).",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.live_agreement = Gauge(
+            "tracer_live_agreement",
+            "Agreement with the teacher over recent audits of the served version.",
+            ["task"],
+            registry=r,
+        )
+        self.live_agreement_lower = Gauge(
+            "tracer_live_agreement_lower_bound",
+            "Clopper-Pearson lower bound of live agreement at the task's confidence.",
+            ["task"],
+            registry=r,
+        )
+        self.fallback = Gauge(
+            "tracer_fallback_active",
+            "1 while a task answers from the teacher only because live agreement fell.",
+            ["task"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "tracer_requests_in_flight", "Requests being served now.", registry=r
         )

@@ -1,0 +1,96 @@
+"""Live audit: a share of handled requests is also asked of the teacher, in the background.
+
+Calibration says the surrogate agrees with the teacher at least α of the time on
+the traffic it was calibrated on; the audit checks that the promise holds on live
+traffic. Over a window of recent audits of the served version, the task falls
+back to the teacher when either
+
+- the upper confidence bound on agreement is below α: clear evidence that the
+  surrogate now disagrees more than allowed (label drift, a changed teacher); or
+- there are as many audits as the model had accepted calibration traces, and the
+  lower bound is below α: the live evidence, as strong as the calibration's, no
+  longer certifies the target.
+
+It stays on the teacher until a refit passes the gate and a new version is served.
+Audit answers are stored as traces too, so training does not see deferred traffic only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from scipy.stats import beta
+
+log = logging.getLogger("tracer.audit")
+
+WINDOW = 2000
+MAX_IN_FLIGHT = 16  # audits beyond this are skipped (and counted), never queued
+
+
+def clopper_pearson(successes: int, n: int, confidence: float) -> tuple[float, float]:
+    """One-sided (lower, upper) bounds, each holding with probability ``confidence``."""
+    if n == 0:
+        return 0.0, 1.0
+    delta = 1.0 - confidence
+    lower = 0.0 if successes == 0 else float(beta.ppf(delta, successes, n - successes + 1))
+    upper = 1.0 if successes == n else float(beta.ppf(1 - delta, successes + 1, n - successes))
+    return lower, upper
+
+
+def min_certifying_samples(alpha: float, confidence: float) -> int:
+    """The fewest audits at which perfect agreement clears α at this confidence."""
+    return max(1, math.ceil(math.log(1.0 - confidence) / math.log(alpha)))
+
+
+@dataclass
+class AuditWindow:
+    """The recent audits of one served version of one task."""
+
+    version: str
+    alpha: float
+    confidence: float
+    required: int  # audits needed before the lower bound alone may trigger a fallback
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
+
+    def add(self, agrees: bool) -> None:
+        self.outcomes.append(agrees)
+
+    @property
+    def n(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def agreement(self) -> float | None:
+        return sum(self.outcomes) / self.n if self.n else None
+
+    def bounds(self) -> tuple[float, float]:
+        return clopper_pearson(sum(self.outcomes), self.n, self.confidence)
+
+    def verdict(self) -> str | None:
+        """Why the task must fall back to the teacher, or None while the promise holds."""
+        if not self.n:
+            return None
+        lower, upper = self.bounds()
+        agreement = self.agreement or 0.0
+        if upper < self.alpha:
+            return (
+                f"live agreement {agreement:.3f} on {self.n} audits: upper bound {upper:.3f} "
+                f"is below the target {self.alpha}"
+            )
+        if self.n >= self.required and lower < self.alpha:
+            return (
+                f"live agreement {agreement:.3f} on {self.n} audits: lower bound {lower:.3f} "
+                f"is below the target {self.alpha}"
+            )
+        return None
+
+
+def required_audits(alpha: float, confidence: float, calibration_accepted: object) -> int:
+    """As many audits as the model had accepted calibration traces, within sane limits."""
+    floor = min_certifying_samples(alpha, confidence)
+    if isinstance(calibration_accepted, int) and calibration_accepted > 0:
+        return max(floor, min(calibration_accepted, WINDOW))
+    return max(floor, 200)

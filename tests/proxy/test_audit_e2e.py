@@ -1,0 +1,147 @@
+"""Live audit through a real proxy: it never delays a reply, and label drift trips the fallback."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from proxy.audit import AuditWindow, clopper_pearson, min_certifying_samples
+from proxy.config import parse_config
+from proxy.models import ModelStore
+from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
+from proxy.synthetic import INTENTS, make_intents
+
+LABELS = sorted(INTENTS)
+
+
+def test_bounds_and_verdicts():
+    lower, upper = clopper_pearson(95, 100, 0.95)
+    assert 0.89 < lower < 0.95 < upper < 0.99
+    assert clopper_pearson(0, 0, 0.95) == (0.0, 1.0)
+    assert min_certifying_samples(0.95, 0.95) == 59
+    window = AuditWindow("v1", alpha=0.9, confidence=0.95, required=100)
+    for _ in range(50):
+        window.add(True)
+    assert window.verdict() is None  # too few audits to judge the lower bound
+    for _ in range(20):
+        window.add(False)
+    assert window.verdict() is not None and "upper bound" in window.verdict()
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
+    """A model on the project's own intents, served as v0001 of task `intents`."""
+    from training.fit import FitOptions, fit
+
+    rows = make_intents(2000, seed=3)
+    root = tmp_path_factory.mktemp("artifacts")
+    store = ModelStore(root)
+    result = fit(
+        rows[:1600],
+        store.version_dir("intents", "v0001"),
+        FitOptions(target=0.9, confidence=0.9, min_coverage=0.05, quiet=True),
+    )
+    assert result.deployed, result.manifest.get("refusal")
+    store.set_current("intents", "v0001")
+    return root, rows
+
+
+def config_for(teacher_url: str, tmp: Path, artifacts: Path) -> dict:
+    return {
+        "model_list": [
+            {
+                "model_name": "teacher",
+                "litellm_params": {
+                    "model": "openai/teacher",
+                    "api_key": "k",
+                    "api_base": teacher_url,
+                },
+            }
+        ],
+        "tasks": [
+            {
+                "name": "intents",
+                "match": {"model": "intents"},
+                "teacher": "teacher",
+                "labels": LABELS,
+                "target": 0.9,
+                "confidence": 0.9,
+                "audit_rate": 1.0,
+            }
+        ],
+        "store": {"url": f"sqlite+aiosqlite:///{tmp / 'tracer.db'}"},
+        "artifacts": {"dir": str(artifacts)},
+    }
+
+
+def ask(client: openai.OpenAI, text: str) -> tuple[str, str]:
+    raw = client.chat.completions.with_raw_response.create(
+        model="intents", messages=[{"role": "user", "content": text}]
+    )
+    return raw.headers["x-tracer-decision"], raw.parse().choices[0].message.content or ""
+
+
+def test_audits_are_background_and_drift_triggers_fallback(fitted, tmp_path, caplog):
+    artifacts, rows = fitted
+    sim = SimulatedTeacher(dict(rows), labels=LABELS)
+    unseen = [text for text, _ in rows[1600:]]
+    with run_sim_teacher(sim) as teacher_url:
+        config = parse_config(config_for(teacher_url, tmp_path, artifacts), env={})
+        from proxy.app import create_app
+        from proxy.threaded import serve_in_thread
+
+        app = create_app(config, refit=False)
+        with serve_in_thread(app) as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+            state = app.state.tracer
+
+            ask(client, unseen[-1])  # the openai client's first call builds its parsers
+            # A slow teacher: handled replies must not wait for their audits.
+            sim.configure(latency_s=1.0)
+            handled_times = []
+            for text in unseen[:40]:
+                started = time.perf_counter()
+                decision, _ = ask(client, text)
+                if decision == "handled":
+                    handled_times.append(time.perf_counter() - started)
+            assert len(handled_times) >= 5
+            assert max(handled_times) < 0.5, handled_times
+            sim.configure(latency_s=0.0)
+            deadline = time.monotonic() + 10
+            while state._audits and time.monotonic() < deadline:
+                time.sleep(0.05)
+            window = state.audit_windows["intents"]
+            # At most MAX_IN_FLIGHT audits wait on the slow teacher; the rest are skipped.
+            assert 0 < window.n <= len(handled_times) + 1
+            assert state.fallback_reason("intents") is None
+
+            # Label drift: the teacher now answers another intent for every class.
+            sim.configure(
+                relabel={a: b for a, b in zip(LABELS, LABELS[1:] + LABELS[:1], strict=True)}
+            )
+            with caplog.at_level(logging.WARNING, logger="tracer"):
+                for text in unseen[40:400]:
+                    ask(client, text)
+                    if state.fallback_reason("intents") is not None:
+                        break
+                    time.sleep(0.01)  # let the audit land
+            reason = state.fallback_reason("intents")
+            assert reason is not None and "upper bound" in reason
+            decisions = {ask(client, text)[0] for text, _ in rows[:30]}
+            assert decisions == {"teacher"}
+            metrics = httpx.get(f"{base}/metrics").text
+    assert re.search(r'tracer_fallback_active\{task="intents"\} 1\.0', metrics)
+    assert re.search(r'tracer_audits_total\{outcome="disagree",task="intents"\} [1-9]', metrics)
+    assert re.search(r'tracer_live_agreement\{task="intents"\} 0\.\d+', metrics)
+    assert any("falling back to the teacher" in r.getMessage() for r in caplog.records)
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "tracer.db") as conn:
+        audits = conn.execute("SELECT count(*) FROM traces WHERE source='audit'").fetchone()[0]
+    assert audits >= window.n
