@@ -1,0 +1,379 @@
+"""Handled-path latency and throughput (issue 4), with the deferred path beside it.
+
+Fits a surrogate on Banking77's train split (or reuses one with ``--artifacts``), points
+``current.json`` at it, and starts ``tracer serve`` (one uvicorn worker) in a subprocess,
+with the simulated teacher (``python -m proxy.sim_teacher``) in another as the task's
+teacher. Then, through HTTP with 32 concurrent requests:
+
+- handled: Banking77 test inputs that the model answers itself (which ones is found by
+  sending every test input once first; the handled share is reported), cycled;
+- deferred: the same inputs under a second task that has no model, so that every request
+  goes to the teacher, which answers after ``--teacher-latency-ms`` (800 by default).
+
+Clients: the official openai client (``AsyncOpenAI``), and, clearly labelled, a lean
+aiohttp client, because the openai client's own CPU per request matters on a 2-core box.
+Reported per run: p50/p99 latency, requests per second, the proxy's CPU per request (from
+/proc) and the client process's CPU per request.
+
+    .venv/bin/python bench/handled.py
+    .venv/bin/python bench/handled.py --artifacts /tmp/b77-artifacts --requests 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+import aiohttp  # noqa: E402
+import httpx  # noqa: E402
+import openai  # noqa: E402
+
+DATASET = REPO.parent / "shared" / "datasets" / "banking77"
+HANDLED_TASK, DEFERRED_TASK = "banking77", "banking77-nomodel"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGET_P50_MS, TARGET_RPS = 3.0, 500.0
+
+
+# -- processes ------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@contextlib.contextmanager
+def teacher(traces: Path, latency_ms: float, log: Path) -> Iterator[str]:
+    cmd = [sys.executable, "-m", "proxy.sim_teacher", "--traces", str(traces)]
+    cmd += ["--port", "0", "--latency-ms", str(latency_ms)]
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=err, text=True
+        )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        url = proc.stdout.readline().strip() if ready else ""
+        if not url.startswith("http"):
+            raise RuntimeError(f"simulated teacher did not start:\n{log.read_text()[-2000:]}")
+        yield url
+    finally:
+        stop(proc)
+
+
+@contextlib.contextmanager
+def proxy(config: Path, log: Path) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
+    cmd += ["--port", str(port), "--log-level", "warning"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=out, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"proxy did not start:\n{log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield f"{base}/v1", proc.pid
+    finally:
+        stop(proc)
+
+
+def write_config(path: Path, teacher_url: str, work: Path, artifacts: Path, labels: list[str]):
+    task = {"teacher": "teacher", "labels": labels, "target": 0.95}
+    config = {
+        "model_list": [
+            {
+                "model_name": "teacher",
+                "litellm_params": {
+                    "model": "openai/gpt-4o-mini",
+                    "api_key": "sk-bench-not-a-real-key",
+                    "api_base": teacher_url,
+                },
+            }
+        ],
+        "tasks": [
+            {"name": HANDLED_TASK, "match": {"model": HANDLED_TASK}, **task},
+            {"name": DEFERRED_TASK, "match": {"model": DEFERRED_TASK}, **task},
+        ],
+        "server": {"host": "127.0.0.1"},
+        "store": {"url": f"sqlite+aiosqlite:///{work / 'tracer.db'}"},
+        "artifacts": {"dir": str(artifacts)},
+        "refit": {"min_new_traces": 1_000_000_000, "interval_seconds": 1e9},  # no fits
+    }
+    path.write_text(json.dumps(config, indent=1), encoding="utf-8")  # JSON is YAML
+
+
+# -- the model ---------------------------------------------------------------------------------
+def ensure_model(artifacts: Path, rows: list[tuple[str, str]], labels: list[str]) -> str:
+    from proxy.models import ModelStore
+    from training.fit import FitOptions, fit
+
+    store = ModelStore(artifacts)
+    current = store.current(HANDLED_TASK)
+    if current is not None:
+        print(f"reusing {HANDLED_TASK} {current} in {artifacts}")
+        return current
+    version = store.next_version(HANDLED_TASK)
+    print(f"fitting {HANDLED_TASK} {version} on {len(rows)} Banking77 train rows ...", flush=True)
+    started = time.monotonic()
+    options = FitOptions(target=0.95, labels=labels, task=HANDLED_TASK, quiet=True)
+    result = fit(rows, store.version_dir(HANDLED_TASK, version), options)
+    if result.status != "deployed":
+        raise SystemExit(f"the gate refused the model: {result.manifest.get('refusal')}")
+    store.set_current(HANDLED_TASK, version)
+    print(f"  fitted in {time.monotonic() - started:.0f} s")
+    return version
+
+
+# -- load ----------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    name: str
+    client: str
+    concurrency: int
+    latencies: list[float]
+    decisions: dict[str, int]
+    wall_s: float
+    proxy_cpu_s: float
+    client_cpu_s: float
+    errors: int
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))]
+
+    @property
+    def n(self) -> int:
+        return len(self.latencies)
+
+    def row(self) -> str:
+        return (
+            f"| {self.name} | {self.client} | {self.concurrency} | {self.n} | "
+            f"{1000 * self.pct(0.5):.2f} | "
+            f"{1000 * self.pct(0.99):.2f} | {self.n / self.wall_s:.0f} | "
+            f"{1000 * self.proxy_cpu_s / self.n:.2f} | {1000 * self.client_cpu_s / self.n:.2f} | "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(self.decisions.items()))} | {self.errors} |"
+        )
+
+
+class OpenAIClient:
+    name = "openai AsyncOpenAI"
+
+    def __init__(self, url: str) -> None:
+        self.client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=60)
+
+    async def call(self, model: str, text: str) -> str:
+        raw = await self.client.chat.completions.with_raw_response.create(
+            model=model, messages=[{"role": "user", "content": text}]
+        )
+        raw.parse()
+        return raw.headers.get("x-tracer-decision", "?")
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+class AiohttpClient:
+    name = "aiohttp (lean)"
+
+    def __init__(self, url: str) -> None:
+        self.url = f"{url}/chat/completions"
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)
+        )
+
+    async def call(self, model: str, text: str) -> str:
+        body = {"model": model, "messages": [{"role": "user", "content": text}]}
+        async with self.session.post(self.url, json=body) as response:
+            await response.read()
+            response.raise_for_status()
+            return response.headers.get("x-tracer-decision", "?")
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+async def drive(
+    client: OpenAIClient | AiohttpClient,
+    model: str,
+    texts: Sequence[str],
+    n: int,
+    concurrency: int,
+) -> tuple[list[float], dict[str, int], int, float]:
+    latencies: list[float] = []
+    decisions: dict[str, int] = {}
+    errors = 0
+    sent = 0
+
+    async def worker() -> None:
+        nonlocal sent, errors
+        while sent < n:
+            text = texts[sent % len(texts)]
+            sent += 1
+            started = time.perf_counter()
+            try:
+                decision = await client.call(model, text)
+            except Exception:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+            decisions[decision] = decisions.get(decision, 0) + 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, decisions, errors, time.perf_counter() - started
+
+
+async def measure(
+    name: str, kind: str, url: str, pid: int, model: str, texts: Sequence[str], n: int,
+    warmup: int, concurrency: int,
+) -> Run:  # fmt: skip
+    client = OpenAIClient(url) if kind == "openai" else AiohttpClient(url)
+    try:
+        await drive(client, model, texts, warmup, concurrency)
+        proxy_cpu, client_cpu = cpu_seconds(pid), time.process_time()
+        latencies, decisions, errors, wall = await drive(client, model, texts, n, concurrency)
+        proxy_cpu, client_cpu = cpu_seconds(pid) - proxy_cpu, time.process_time() - client_cpu
+    finally:
+        await client.close()
+    return Run(
+        name, client.name, concurrency, latencies, decisions, wall, proxy_cpu, client_cpu, errors
+    )
+
+
+async def handled_inputs(url: str, texts: Sequence[str]) -> list[str]:
+    """The inputs the served model answers itself, by sending each one once."""
+    client = AiohttpClient(url)
+    try:
+        sem = asyncio.Semaphore(16)
+
+        async def one(text: str) -> bool:
+            async with sem:
+                return await client.call(HANDLED_TASK, text) == "handled"
+
+        flags = await asyncio.gather(*(one(t) for t in texts))
+    finally:
+        await client.close()
+    return [t for t, ok in zip(texts, flags, strict=True) if ok]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=str(DATASET))
+    p.add_argument("--artifacts", help="reuse (or keep) the fitted model here")
+    p.add_argument("--requests", type=int, default=4000, help="measured handled requests")
+    p.add_argument("--deferred-requests", type=int, default=640)
+    p.add_argument("--warmup", type=int, default=500)
+    p.add_argument("--unloaded-requests", type=int, default=1000,
+                   help="handled requests one at a time, for latency without queueing")  # fmt: skip
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--teacher-latency-ms", type=float, default=800.0)
+    p.add_argument("--clients", default="openai,aiohttp")
+    args = p.parse_args(argv)
+
+    from training.datasets import load_labelled
+
+    train = load_labelled(args.data, "train")
+    test = load_labelled(args.data, "test")
+    labels = sorted({y for _, y in train})
+    with tempfile.TemporaryDirectory(prefix="tracer-handled-") as tmp:
+        work = Path(tmp)
+        artifacts = Path(args.artifacts) if args.artifacts else work / "artifacts"
+        version = ensure_model(artifacts, train, labels)
+        traces = work / "answers.jsonl"
+        with traces.open("w", encoding="utf-8") as f:
+            for text, label in train + test:
+                f.write(json.dumps({"input": text, "label": label}) + "\n")
+        with teacher(traces, args.teacher_latency_ms, work / "teacher.log") as teacher_url:
+            config = work / "config.yaml"
+            write_config(config, teacher_url, work, artifacts, labels)
+            with proxy(config, work / "proxy.log") as (url, pid):
+                texts = [t for t, _ in test]
+                started = time.monotonic()
+                handled = asyncio.run(handled_inputs(url, texts))
+                share = len(handled) / len(texts)
+                print(f"model {version}: handles {len(handled)} of {len(texts)} Banking77 test "
+                      f"inputs ({100 * share:.1f}%); probe took {time.monotonic() - started:.0f} s "
+                      "(its deferred inputs waited for the teacher)", flush=True)  # fmt: skip
+                runs = []
+                for kind in args.clients.split(","):
+                    run = asyncio.run(
+                        measure("handled", kind, url, pid, HANDLED_TASK, handled,
+                                args.requests, args.warmup, args.concurrency)
+                    )  # fmt: skip
+                    print(run.row(), flush=True)
+                    runs.append(run)
+                for kind in args.clients.split(","):
+                    run = asyncio.run(
+                        measure("handled", kind, url, pid, HANDLED_TASK, handled,
+                                args.unloaded_requests, 100, 1)
+                    )  # fmt: skip
+                    print(run.row(), flush=True)
+                    runs.append(run)
+                for kind in args.clients.split(","):
+                    run = asyncio.run(
+                        measure(f"deferred ({args.teacher_latency_ms:.0f} ms teacher)", kind,
+                                url, pid, DEFERRED_TASK, texts, args.deferred_requests,
+                                args.concurrency, args.concurrency)
+                    )  # fmt: skip
+                    print(run.row(), flush=True)
+                    runs.append(run)
+    print()
+    print("| path | client | concurrency | requests | p50 ms | p99 ms | req/s "
+          "| proxy CPU ms/req | client CPU ms/req | decisions | errors |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for run in runs:
+        print(run.row())
+    for run in runs:
+        if run.name == "handled":
+            p50, rps = 1000 * run.pct(0.5), run.n / run.wall_s
+            print(f"{run.client}, {run.concurrency} concurrent: handled p50 {p50:.2f} ms "
+                  f"(target ≤ {TARGET_P50_MS:.0f}: "
+                  f"{'met' if p50 <= TARGET_P50_MS else 'missed'}), {rps:.0f} req/s (target ≥ "
+                  f"{TARGET_RPS:.0f}: {'met' if rps >= TARGET_RPS else 'missed'})")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
