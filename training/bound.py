@@ -9,13 +9,13 @@ penalty), and the loosest rejected threshold is returned.
 
 The sequence starts at the first grid threshold that accepts at least
 `max(min_testable(alpha, delta), start_count)` calibration inputs: below
-`min_testable` even perfect agreement cannot reach alpha, and with a handful
-of inputs a single disagreement would end the sequence at a useless
-coverage. The fit passes `start_count` = half the minimum coverage it would
-deploy at, so starting there never turns a deployable result into a refusal
-of the gate for that reason. (The start depends on calibration counts only,
-not on agreement; the repeated-split check in docs/benchmarks.md measures
-the guarantee empirically.)
+`min_testable` even perfect agreement cannot reach alpha, and among the few
+most confident inputs a single disagreement (a teacher's slip, say) would end
+the sequence at a useless coverage. The fit passes `start_count` = half the
+larger of the minimum coverage and the coverage certified on the validation
+split, which is independent of calibration. (The start depends on
+calibration counts only, not on agreement; the repeated-split check in
+docs/benchmarks.md measures the guarantee empirically.)
 """
 
 from __future__ import annotations
@@ -125,5 +125,5 @@ def calibrate(
 
 
 def start_count_for(n: int, min_coverage: float) -> int:
-    """Where the fixed sequence starts: half the minimum deployable coverage."""
+    """Where the fixed sequence starts: half of `coverage` (see the module doc)."""
     return math.ceil(0.5 * min_coverage * n)

@@ -289,7 +289,9 @@ def _run(
             f"delta={delta:.3g} needs at least {min_testable(alpha, delta)}",
         )
 
-    train_idx = np.concatenate([splits["fit"], splits["validation"]])
+    train_idx = (
+        np.concatenate([splits["fit"], splits["validation"]]) if opts.refit else splits["fit"]
+    )
     labels = sorted({y_str[i] for i in train_idx})
     lab_index = {lab: i for i, lab in enumerate(labels)}
     k = len(labels)
@@ -373,6 +375,7 @@ def _run(
     assert best is not None
     progress.candidates(rows, alpha)
     _, winner, acc_kind, val_feats = best
+    chosen = (winner.name, acc_kind)
     manifest["selection"] = {
         "metric": "coverage certified at alpha on the validation split",
         "candidates": [{**r, "fit_seconds": round(r["fit_seconds"], 3)} for r in rows],
@@ -476,8 +479,12 @@ def _run(
         s = pipe.score([raw_texts[i] for i in cal_idx])
         cal_correct = s.label_index == y[cal_idx]
         cal_scores = np.where(s.ood, -np.inf, s.accept_score)
-        start = start_count_for(len(cal_scores), opts.min_coverage)
+        # Start where validation (independent of calibration) says coverage is
+        # safely reachable: half its certified coverage, at least half the minimum.
+        val_cov = max(r["coverage"] for r in rows if (r["candidate"], r["acceptor"]) == chosen)
+        start = start_count_for(len(cal_scores), max(opts.min_coverage, val_cov))
         cal = calibrate(cal_scores, cal_correct, alpha, delta, start_count=start)
+        manifest["calibration_start_count"] = start
         manifest["calibration"] = {**cal.as_dict(), "ood_share": float(s.ood.mean())}
         progress.log(
             f"threshold {cal.threshold}, coverage {cal.coverage:.3f}, agreement {cal.agreement}"
