@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -186,11 +187,23 @@ class _LoopCapture:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.startup_error: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.loop is None:
             self.loop = asyncio.get_running_loop()
-        await self.app(scope, receive, send)
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: Any) -> None:  # keep why start-up failed, for the error
+            if message["type"] == "lifespan.startup.failed":
+                lines = str(message.get("message") or "").strip().splitlines()
+                errors = [x for x in lines if re.match(r"^[\w.]+(Error|Exception)\b", x)]
+                self.startup_error = (errors or lines or ["start-up failed"])[-1]
+            await send(message)
+
+        await self.app(scope, receive, watch)
 
 
 class Flywheel:
@@ -211,6 +224,7 @@ class Flywheel:
         from .sim_teacher import SimulatedTeacher, run_sim_teacher
         from .threaded import serve_in_thread
 
+        workdir.mkdir(parents=True, exist_ok=True)
         labels = sorted({y for _, y in rows})
         teacher = SimulatedTeacher(
             dict(rows), labels=labels, latency_s=s.teacher_latency_ms / 1000.0
@@ -228,8 +242,9 @@ class Flywheel:
                 proxy_cm = serve_in_thread(wrapped, config.server.host, s.port, name="tracer-demo")
                 url = proxy_cm.__enter__()
             except (OSError, RuntimeError) as exc:
+                why = wrapped.startup_error or str(exc)
                 raise DemoError(
-                    f"could not start the proxy on {config.server.host}:{s.port}: {exc}"
+                    f"could not start the proxy on {config.server.host}:{s.port}: {why}"
                 ) from None
             try:
                 assert wrapped.loop is not None  # the lifespan ran before the server started
@@ -532,7 +547,10 @@ def demo_command(argv: Sequence[str]) -> int:
                 reasons = [refit_note(d, fly) for d in days if d.refit]
                 raise DemoError(
                     "no model was ever deployed, so the teacher answered everything; "
-                    "last refit: " + (reasons[-1] if reasons else "none")
+                    "last refit: "
+                    + (reasons[-1] if reasons else "none")
+                    + ". More traces a day (--per-day, --days) or a lower --target give the "
+                    "gate more to certify."
                 )
     except DemoError as exc:
         console.print(f"[bold red]tracer demo failed:[/bold red] {exc}")
