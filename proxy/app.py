@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from . import store
@@ -197,6 +197,23 @@ async def embeddings(request: Request) -> Response:
     return Response(result.body, media_type="application/json")
 
 
+async def task_report(request: Request) -> Response:
+    """The latest report of a task: HTML, or JSON with ``?format=json``."""
+    state: ProxyState = request.app.state.tracer
+    task = request.path_params["task"]
+    if state.config.task(task) is None:
+        raise ClientError(404, f"no task named `{task}`", code="task_not_found")
+    as_json = request.query_params.get("format") == "json"
+    name = "report.json" if as_json else "report.html"
+    path = await asyncio.to_thread(state.models.store.latest_report, task, name)
+    if path is None:
+        raise ClientError(404, f"task `{task}` has no report yet", code="report_not_found")
+    media = "application/json" if as_json else "text/html; charset=utf-8"
+    return FileResponse(
+        path, media_type=media, headers={"x-tracer-model-version": path.parent.name}
+    )
+
+
 async def metrics_endpoint(request: Request) -> Response:
     state: ProxyState = request.app.state.tracer
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -224,6 +241,7 @@ def create_app(config: Config, metrics: Metrics | None = None, refit: bool = Tru
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/embeddings", embeddings, methods=["POST"]),
         Route("/v1/classify", classify, methods=["POST"]),
+        Route("/tasks/{task}/report", task_report, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
     ]

@@ -189,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module, function, text in [
         ("fit", "training.cli", "fit_command", "fit a surrogate on a trace file"),
         ("eval", "training.cli", "eval_command", "evaluate an artifact on labelled data"),
+        ("report", "training.report", "report_command", "explain what a model handles and defers"),
         ("demo", "proxy.demo", "demo_command", "watch the flywheel turn on a simulated teacher"),
     ]:
         delegated = sub.add_parser(name, help=text, add_help=False)

@@ -96,6 +96,14 @@ class ModelStore:
             return None
         return data if isinstance(data, dict) else None
 
+    def latest_report(self, task: str, name: str = "report.html") -> Path | None:
+        """The newest version's report (a refusal's too: it says why it was refused)."""
+        for version in reversed(self.versions(task)):
+            path = self.version_dir(task, version) / name
+            if path.is_file():
+                return path
+        return None
+
     def rollback(self, task: str, to: str | None = None) -> str:
         """Serve ``to``, or else the version served before this one."""
         pointer = self.pointer(task)
