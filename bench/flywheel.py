@@ -43,7 +43,7 @@ def report(days: Sequence[Day], wall_s: float) -> None:
     print()
     print(
         "| day | requests | coverage | agreement handled | agreement all | model served "
-        "| teacher calls | traces so far | refit at day's end |"
+        "| teacher calls (audits) | traces so far | refit at day's end |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     traces = 0
@@ -55,8 +55,8 @@ def report(days: Sequence[Day], wall_s: float) -> None:
             refit += f": {r.reason}"
         print(
             f"| {d.day} | {d.requests} | {fmt(d.coverage)} | {fmt(d.agreement_handled)} | "
-            f"{fmt(d.agreement)} | {', '.join(d.versions) or 'none'} | {d.teacher_calls} | "
-            f"{traces} | {refit} |"
+            f"{fmt(d.agreement)} | {', '.join(d.versions) or 'none'} | "
+            f"{d.teacher_calls} ({d.audits}) | {traces} | {refit} |"
         )
     handled = [o.seconds for d in days for o in d.outcomes if o.decision == "handled"]
     print(f"\nwall time {wall_s:.0f} s; handled p50 {fmt(percentile(handled, 0.5), 4)} s "

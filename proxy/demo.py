@@ -78,6 +78,7 @@ class Day:
     served: str | None  # the model version served when the day began
     refit: RefitOutcome | None = None
     refit_seconds: float = 0.0
+    audits: int = 0  # handled requests also asked of the teacher, in the background
 
     def _count(self, *decisions: str) -> int:
         return sum(o.decision in decisions for o in self.outcomes)
@@ -91,8 +92,14 @@ class Day:
         return self._count(HANDLED)
 
     @property
-    def teacher_calls(self) -> int:
+    def deferred(self) -> int:
+        """Requests the teacher answered (no model, deferred, or a fallback)."""
         return self._count(*TEACHER_SIDE)
+
+    @property
+    def teacher_calls(self) -> int:
+        """Every call the teacher received: the requests it answered, and the audits."""
+        return self.deferred + self.audits
 
     @property
     def errors(self) -> list[str]:
@@ -215,7 +222,7 @@ class Flywheel:
         self.state = app.state.tracer
         self.loop = loop
         self.settings = s
-        self.teacher_calls = 0  # so far, to know when every trace is stored
+        self.answered = 0  # requests the teacher answered so far, to know when all are stored
 
     @classmethod
     @contextlib.contextmanager
@@ -261,21 +268,36 @@ class Flywheel:
 
     def run_day(self, day: int, rows: Sequence[Row]) -> Day:
         served = self.served()
+        audits_before = self.audits_done()
         outcomes = asyncio.run(send_all(self.url, rows, self.settings))
         result = Day(day, outcomes, served)
-        self.teacher_calls += result.teacher_calls
+        self.answered += result.deferred
+        self.wait_for_traces()
+        result.audits = int(self.audits_done() - audits_before)
         return result
 
+    def audits_done(
+        self, outcomes: Sequence[str] = ("agree", "disagree", "invalid", "error")
+    ) -> float:
+        return sum(self.metric("tracer_audits_total", task=TASK, outcome=o) for o in outcomes)
+
     def wait_for_traces(self, timeout_s: float = 60.0) -> None:
-        """Until every teacher answer so far is in the store (the writer is asynchronous)."""
+        """Until the audits settle and every teacher answer so far is in the store (the
+        writer is asynchronous)."""
         deadline = time.monotonic() + timeout_s
-        while self.traces_stored() < self.teacher_calls:
+        seen = -1.0
+        while True:
+            audited = self.audits_done()
+            expected = self.answered + self.audits_done(("agree", "disagree", "invalid"))
+            if audited == seen and self.traces_stored() >= expected:
+                return
             if time.monotonic() > deadline:
                 raise DemoError(
-                    f"only {self.traces_stored():.0f} of {self.teacher_calls} teacher answers "
+                    f"only {self.traces_stored():.0f} of {expected:.0f} teacher answers "
                     f"reached the trace store after {timeout_s:.0f} s"
                 )
-            time.sleep(0.05)
+            seen = audited
+            time.sleep(0.1)
 
     def refit(self, timeout_s: float = 1800.0) -> RefitOutcome:
         """Fit on every trace so far, behind the parity gate, as the background loop would."""
@@ -381,6 +403,7 @@ def day_table(days: Sequence[Day], fly: Flywheel, title: str) -> Table:
         table.add_column(name, justify="right")
     table.add_column("model\nserved")
     table.add_column("teacher\ncalls", justify="right")
+    table.add_column("of which\naudits", justify="right")
     table.add_column("refit at\nday's end")
     for d in days:
         table.add_row(
@@ -391,6 +414,7 @@ def day_table(days: Sequence[Day], fly: Flywheel, title: str) -> Table:
             _pct(d.agreement),
             ", ".join(d.versions) or (d.served or "none"),
             str(d.teacher_calls),
+            str(d.audits),
             refit_note(d, fly, full=False),
         )
     return table
@@ -483,6 +507,7 @@ def run(
 
 def summary(days: Sequence[Day], fly: Flywheel, console: Console) -> None:
     handled = sum(d.handled for d in days)
+    audits = sum(d.audits for d in days)
     total = sum(d.requests for d in days)
     cost, priced = fly.teacher_cost()
     console.print(day_table(days, fly, "The flywheel, day by day"))
@@ -492,7 +517,8 @@ def summary(days: Sequence[Day], fly: Flywheel, console: Console) -> None:
     console.print(latency_table(days))
     mean = cost / priced if priced else None
     console.print(
-        f"Teacher calls avoided: {handled} of {total} requests ({_pct(handled / total)}). "
+        f"Answered by the surrogate: {handled} of {total} requests ({_pct(handled / total)}); "
+        f"the teacher also audited {audits} of those in the background. "
         f"Estimated cost saved: ${fly.cost_saved():.6f} "
         "(tracer_cost_saved_usd_total: each handled request counts the mean cost of the "
         f"teacher calls stored so far; {TEACHER_MODEL} list prices via LiteLLM"
@@ -509,6 +535,8 @@ def summary(days: Sequence[Day], fly: Flywheel, console: Console) -> None:
 def demo_command(argv: Sequence[str]) -> int:
     args = parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # a pipe or a file: room for the table
+        console = Console(width=120)
     s = Settings(
         per_day=args.per_day,
         days=args.days,
