@@ -304,7 +304,12 @@ class Flywheel:
         self.wait_for_traces()
         task = self.state.config.task(TASK)
         future = asyncio.run_coroutine_threadsafe(self.state.refit_loop.refit(task), self.loop)
-        return future.result(timeout_s)
+        try:
+            return future.result(timeout_s)
+        except BaseException:  # Ctrl-C or a timeout: cancelling the refit kills its child
+            future.cancel()
+            time.sleep(1.0)
+            raise
 
     # -- figures ----------------------------------------------------------------------------
     def metric(self, name: str, **labels: str) -> float:
