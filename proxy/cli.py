@@ -138,14 +138,20 @@ def _models_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delegate(module: str, function: str) -> object:
-    def run(args: argparse.Namespace) -> int:
-        import importlib
+def _run_delegated(name: str, rest: list[str]) -> int:
+    import importlib
 
-        command = getattr(importlib.import_module(module), function)
-        return int(command(args.rest))
+    module, function, _ = DELEGATED[name]
+    return int(getattr(importlib.import_module(module), function)(rest))
 
-    return run
+
+# Subcommands with parsers of their own: everything after the name is theirs.
+DELEGATED = {
+    "fit": ("training.cli", "fit_command", "fit a surrogate on a trace file"),
+    "eval": ("training.cli", "eval_command", "evaluate an artifact on labelled data"),
+    "report": ("training.report", "report_command", "explain what a model handles and defers"),
+    "demo": ("proxy.demo", "demo_command", "watch the flywheel turn on a simulated teacher"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,21 +192,17 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--to", help="the version to serve, e.g. v0002 (default: the previous)")
     rollback.set_defaults(run=_models_rollback)
 
-    for name, module, function, text in [
-        ("fit", "training.cli", "fit_command", "fit a surrogate on a trace file"),
-        ("eval", "training.cli", "eval_command", "evaluate an artifact on labelled data"),
-        ("report", "training.report", "report_command", "explain what a model handles and defers"),
-        ("demo", "proxy.demo", "demo_command", "watch the flywheel turn on a simulated teacher"),
-    ]:
-        delegated = sub.add_parser(name, help=text, add_help=False)
-        delegated.add_argument("rest", nargs=argparse.REMAINDER)
-        delegated.set_defaults(run=_delegate(module, function))
+    for name, (_, _, text) in DELEGATED.items():  # listed for --help; main() runs them
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv and argv[0] in DELEGATED:  # argparse would claim their leading options
+            return _run_delegated(argv[0], argv[1:])
+        args = build_parser().parse_args(argv)
         return int(args.run(args))
     except ConfigError as exc:
         print(f"tracer: {exc}", file=sys.stderr)

@@ -21,6 +21,7 @@ class Decision:
     accept_score: float
     reason: str
     ood: bool = False
+    cluster: int | None = None  # the region of input space it fell in (see the report)
 
     @property
     def handled(self) -> bool:

@@ -29,6 +29,7 @@ class Scores:
     ood_similarity: np.ndarray  # [N]
     ood: np.ndarray  # [N] bool
     accept_score: np.ndarray  # [N] float
+    cluster: np.ndarray  # [N] int, -1 when the artifact ships no clusters
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
@@ -92,6 +93,12 @@ class Pipeline:
                 raise ArtifactError("learned acceptor was built for other features")
         elif self.acceptor_kind not in {"max_prob", "margin"}:
             raise ArtifactError(f"unknown acceptor kind {self.acceptor_kind!r}")
+        clusters = manifest.get("clusters")
+        self._clusters = None
+        self.cluster_names: list[str] = []
+        if clusters:
+            self._clusters = _session(directory / _require(clusters, "file", "clusters"), threads)
+            self.cluster_names = [str(n) for n in _require(clusters, "names", "clusters")]
         self._check_shapes()
 
     def _check_shapes(self) -> None:
@@ -147,7 +154,12 @@ class Pipeline:
             accept = np.asarray(out[0], dtype=np.float64).reshape(len(texts), -1)[:, -1]
         else:
             accept = simple_score(self.acceptor_kind, feats_acc)
-        return Scores(probs.argmax(axis=1), probs, sim, ood, accept)
+        if self._clusters is not None:
+            name = self._clusters.get_inputs()[0].name
+            cluster = np.asarray(self._clusters.run(None, {name: feats})[0], dtype=np.int64)
+        else:
+            cluster = np.full(len(texts), -1, dtype=np.int64)
+        return Scores(probs.argmax(axis=1), probs, sim, ood, accept, cluster)
 
 
-_FIELDS = ("label_index", "probabilities", "ood_similarity", "ood", "accept_score")
+_FIELDS = ("label_index", "probabilities", "ood_similarity", "ood", "accept_score", "cluster")

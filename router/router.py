@@ -56,23 +56,25 @@ class Router:
                 float(s.accept_score[i]),
                 bool(s.ood[i]),
                 float(s.ood_similarity[i]),
+                int(s.cluster[i]),
             )
             for i in range(len(texts))
         ]
 
-    def _decide(self, idx: int, score: float, ood: bool, sim: float) -> Decision:
+    def _decide(self, idx: int, score: float, ood: bool, sim: float, cluster: int) -> Decision:
         label = self.labels[idx]
         t = self.threshold
+        names = self._pipeline.cluster_names
+        where = f"; cluster {cluster} ({names[cluster]})" if 0 <= cluster < len(names) else ""
+        known = cluster if cluster >= 0 else None
         if ood:
             reason = (
                 f"deferred: out of distribution (similarity {sim:.3f} < "
-                f"{self._pipeline.ood_min_similarity:.3f})"
+                f"{self._pipeline.ood_min_similarity:.3f}){where}"
             )
-            return Decision(label, "deferred", score, reason, True)
+            return Decision(label, "deferred", score, reason, True, known)
         if score >= t:
-            return Decision(
-                label, "handled", score, f"accepted: score {score:.4f} >= threshold {t:.4f}"
-            )
-        return Decision(
-            label, "deferred", score, f"deferred: score {score:.4f} below threshold {t:.4f}"
-        )
+            reason = f"accepted: score {score:.4f} >= threshold {t:.4f}{where}"
+            return Decision(label, "handled", score, reason, False, known)
+        reason = f"deferred: score {score:.4f} below threshold {t:.4f}{where}"
+        return Decision(label, "deferred", score, reason, False, known)

@@ -42,6 +42,7 @@ from router.text import normalize_text
 from training.acceptors import cross_fit_scores, fit_learned, learned_to_onnx
 from training.bound import Calibration, calibrate, min_testable, start_count_for
 from training.candidates import Candidate, Reducer, default_candidates
+from training.clusters import clusters_onnx, fit_clusters
 from training.embedders import (
     EncoderEmbedder,
     TfidfEmbedder,
@@ -50,6 +51,7 @@ from training.embedders import (
 )
 from training.evaluate import summarize
 from training.progress import Progress
+from training.report import build_report, save_heldout, write_report
 from training.splits import stratified_split
 from training.traces import Trace, clean_traces, load_traces
 
@@ -76,6 +78,7 @@ class FitOptions:
     svd_components: int = 128
     task: str | None = None
     quiet: bool = False
+    report: bool = True  # write report.html/report.json beside the model
 
     @property
     def delta(self) -> float:
@@ -241,6 +244,12 @@ def fit(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if opts.report:
+        with progress.stage("report"):
+            try:
+                write_report(build_report(out_dir, seed=opts.seed), out_dir)
+            except Exception as exc:  # the model stands; only its explanation is missing
+                progress.log(f"report failed: {exc}")
     progress.summary(manifest)
     return FitResult(manifest["status"], manifest, out_dir, progress.timings)
 
@@ -502,6 +511,28 @@ def _run(
             manifest["test"] = summarize(pred, handled, s.ood, gold)
         else:
             manifest["test"] = {"n": 0, "note": "test_size=0: no held-out split in this fit"}
+
+    with progress.stage("clusters (held-out traces)"):
+        held = np.concatenate([splits["calibration"], splits["test"]])
+        clusters = fit_clusters(
+            pipe.embed([raw_texts[i] for i in held]), [y_str[i] for i in held], opts.seed
+        )
+        _write_onnx(clusters_onnx(clusters), tmp / "clusters.onnx")
+        manifest["clusters"] = {
+            "file": "clusters.onnx",
+            "k": clusters.k,
+            "names": clusters.names,
+            "silhouette": clusters.silhouette,
+            "fitted_on": f"{len(held)} held-out traces (calibration and test splits)",
+        }
+        save_heldout(
+            tmp,
+            {
+                split: [(raw_texts[i], y_str[i]) for i in splits[split]]
+                for split in ("calibration", "test")
+            },
+        )
+        progress.log(f"{clusters.k} clusters, silhouette {clusters.silhouette}")
 
 
 def _gate(cal: Calibration, opts: FitOptions, manifest: dict[str, Any]) -> None:

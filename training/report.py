@@ -161,9 +161,15 @@ def build_report(
     report["frontier"] = _frontier(router, cal, (scores.accept_score, scores.ood, agree), delta)
 
     feats = _unit_rows(np.asarray(router.pipeline.embed(texts), dtype=np.float64))
-    dims = max(2, min(50, feats.shape[1] - 1, len(texts) - 1))
-    z = _unit_rows(TruncatedSVD(n_components=dims, random_state=seed).fit_transform(feats))
-    cluster_of, k = choose_clusters(z, seed)
+    z = feats
+    if len(texts) >= 10:  # too few inputs to project; their geometry is all there is
+        dims = max(2, min(50, feats.shape[1] - 1, len(texts) - 1))
+        z = _unit_rows(TruncatedSVD(n_components=dims, random_state=seed).fit_transform(feats))
+    names = router.pipeline.cluster_names
+    if names and (scores.cluster >= 0).all():  # the clusters the router names when serving
+        cluster_of, k = scores.cluster, len(names)
+    else:
+        cluster_of, k = choose_clusters(z, seed)
     rows = [
         {"input": t, "label": str(g), "surrogate": str(p), "score": float(s), "decision": d}
         for t, g, p, s, d in zip(
@@ -175,7 +181,7 @@ def build_report(
             strict=True,
         )
     ]
-    report["clusters"] = _clusters(rows, z, cluster_of, k, handled, agree)
+    report["clusters"] = _clusters(rows, z, cluster_of, k, handled, agree, names)
     report["boundary_pairs"] = _boundary_pairs(rows, z, handled)
     report["disagreements"] = _disagreements(rows, handled, agree)
     report["map"]["points"] = _map(rows, z, cluster_of, seed)
@@ -189,6 +195,7 @@ def _clusters(
     k: int,
     handled: np.ndarray,
     agree: np.ndarray,
+    names: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     n = len(rows)
     out = []
@@ -210,6 +217,7 @@ def _clusters(
         out.append(
             {
                 "id": int(c),
+                "name": names[c] if c < len(names) else None,
                 "size": len(idx),
                 "share": len(idx) / n,
                 "top_labels": [[label, count] for label, count in labels],
@@ -285,7 +293,10 @@ def _map(
     idx = np.arange(len(rows))
     if len(idx) > MAP_POINTS:
         idx = np.sort(rng.choice(idx, MAP_POINTS, replace=False))
-    xy = PCA(n_components=2, random_state=seed).fit_transform(z)
+    if len(rows) >= 3:
+        xy = PCA(n_components=2, random_state=seed).fit_transform(z)
+    else:
+        xy = np.zeros((len(rows), 2))
     return [
         {
             "x": round(float(xy[i, 0]), 5),

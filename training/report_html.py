@@ -168,7 +168,7 @@ def _clusters(clusters: Sequence[dict[str, Any]]) -> str:
         )
         rows.append(
             [
-                esc(c.get("id")),
+                f"{esc(c.get('id'))}<div class='muted'>{esc(c.get('name') or '')}</div>",
                 tag(str(c.get("decision", ""))),
                 f"{esc(c.get('size'))} ({pct(c.get('share'))})",
                 labels,

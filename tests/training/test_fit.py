@@ -39,7 +39,8 @@ def test_refuses_on_random_labels(tmp_path: Path) -> None:
     assert refusal["code"] in {"no_threshold", "coverage_below_minimum"}
     assert "calibration" in refusal["reason"] or "minimum" in refusal["reason"]
     assert "best_empirical_coverage" in refusal and "overall_agreement" in refusal
-    assert [p.name for p in out.iterdir()] == ["manifest.json"]
+    # A refusal ships no model: its manifest, and a report that says why.
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "report.html", "report.json"]
     with pytest.raises(ArtifactRefused) as info:
         Router.load(out)
     assert info.value.manifest["status"] == "refused"
