@@ -4,8 +4,8 @@ The router names each decision's cluster, so the decisions table and /v1/classif
 say which region of the input space an answer came from, and the report describes
 the same regions. Clustering runs on an SVD projection of the unit-length
 embeddings (k-means with the k of best silhouette); the shipped centroids live in
-the full embedding space, and a served input goes to the centroid of highest
-cosine: one MatMul and an ArgMax in ONNX.
+the embedding space, restricted to their heaviest columns, and a served input goes
+to the centroid of highest dot product: a Gather, a small MatMul and an ArgMax.
 """
 
 from __future__ import annotations
@@ -13,20 +13,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
+import scipy.sparse as sp
 from onnx import TensorProto, helper, numpy_helper
 from sklearn.cluster import KMeans
 from sklearn.decomposition import TruncatedSVD
 from sklearn.metrics import silhouette_score
+from sklearn.preprocessing import normalize
 
 OPSET = 13
 
 
 @dataclass(frozen=True)
 class Clusters:
-    centroids: np.ndarray  # [K, D] float32, unit rows
+    columns: np.ndarray  # [M] int64: the embedding columns the centroids keep
+    centroids: np.ndarray  # [K, M] float32
     names: list[str]
     silhouette: float | None
 
@@ -34,8 +38,11 @@ class Clusters:
     def k(self) -> int:
         return len(self.centroids)
 
-    def assign(self, feats: np.ndarray) -> np.ndarray:
-        return np.asarray(feats, dtype=np.float32) @ self.centroids.T  # scores; argmax = cluster
+    def assign(self, feats: Any) -> np.ndarray:
+        """The cluster of each row, exactly as the exported graph computes it."""
+        kept = feats[:, self.columns]
+        kept = kept.toarray() if sp.issparse(kept) else np.asarray(kept)
+        return (kept.astype(np.float32) @ self.centroids.T).argmax(axis=1)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -44,11 +51,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def fit_clusters(
-    feats: np.ndarray, labels: Sequence[str], seed: int = 0, max_k: int = 40
+    feats: Any,
+    labels: Sequence[str],
+    seed: int = 0,
+    max_k: int = 40,
+    max_columns: int = 2048,
 ) -> Clusters:
-    """K-means over held-out embeddings; k chosen by silhouette among a few candidates."""
-    x = _unit(np.asarray(feats, dtype=np.float64))
-    n = len(x)
+    """K-means over held-out embeddings; k chosen by silhouette among a few candidates.
+
+    ``feats`` may be sparse (TF-IDF). Each centroid keeps only its heaviest columns,
+    at most ``max_columns`` in all, so serving pays a small MatMul, not one over
+    every n-gram.
+    """
+    x = normalize(sp.csr_matrix(feats) if sp.issparse(feats) else np.asarray(feats, np.float64))
+    n = x.shape[0]
     dims = max(2, min(50, x.shape[1] - 1, n - 1))
     z = _unit(TruncatedSVD(n_components=dims, random_state=seed).fit_transform(x))
     top = max(2, min(max_k, n // 20))
@@ -63,9 +79,13 @@ def fit_clusters(
             best = (score, assign)
     assign = best[1] if best is not None else np.zeros(n, dtype=int)
     ids = sorted(set(assign.tolist()))
-    centroids = _unit(np.stack([x[assign == c].mean(axis=0) for c in ids])).astype(np.float32)
+    full = _unit(np.vstack([np.asarray(x[assign == c].mean(axis=0)).ravel() for c in ids]))
+    per_centroid = max(1, max_columns // len(ids))
+    top = np.argsort(-np.abs(full), axis=1)[:, :per_centroid]
+    columns = np.unique(top.ravel()).astype(np.int64)
+    clusters = Clusters(columns, full[:, columns].astype(np.float32), [], None)
     # Name each cluster by what the router will assign to it, not by k-means' own split.
-    served = (x.astype(np.float32) @ centroids.T).argmax(axis=1)
+    served = clusters.assign(x)
     names = []
     for c in range(len(ids)):
         members = [labels[i] for i in np.flatnonzero(served == c)]
@@ -76,22 +96,24 @@ def fit_clusters(
             names.append(f"{common[0][0]} / {common[1][0]}")
         else:
             names.append(common[0][0])
-    return Clusters(centroids, names, best[0] if best is not None else None)
+    silhouette = best[0] if best is not None else None
+    return Clusters(columns, clusters.centroids, names, silhouette)
 
 
-def clusters_onnx(clusters: Clusters) -> onnx.ModelProto:
-    """features [N, D] -> cluster [N] (int64): the nearest centroid by cosine."""
-    d = clusters.centroids.shape[1]
+def clusters_onnx(clusters: Clusters, dim: int) -> onnx.ModelProto:
+    """features [N, dim] -> cluster [N] (int64): the nearest kept centroid by dot product."""
+    columns = numpy_helper.from_array(clusters.columns, name="columns")
     weights = numpy_helper.from_array(clusters.centroids.T.copy(), name="centroids_t")
     graph = helper.make_graph(
         [
-            helper.make_node("MatMul", ["features", "centroids_t"], ["similarity"]),
+            helper.make_node("Gather", ["features", "columns"], ["kept"], axis=1),
+            helper.make_node("MatMul", ["kept", "centroids_t"], ["similarity"]),
             helper.make_node("ArgMax", ["similarity"], ["cluster"], axis=1, keepdims=0),
         ],
         "tracer_clusters",
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, d])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [None, dim])],
         [helper.make_tensor_value_info("cluster", TensorProto.INT64, [None])],
-        initializer=[weights],
+        initializer=[columns, weights],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8

@@ -515,9 +515,9 @@ def _run(
     with progress.stage("clusters (held-out traces)"):
         held = np.concatenate([splits["calibration"], splits["test"]])
         clusters = fit_clusters(
-            pipe.embed([raw_texts[i] for i in held]), [y_str[i] for i in held], opts.seed
+            embed(parts, [texts[i] for i in held]), [y_str[i] for i in held], opts.seed
         )
-        _write_onnx(clusters_onnx(clusters), tmp / "clusters.onnx")
+        _write_onnx(clusters_onnx(clusters, dim), tmp / "clusters.onnx")
         manifest["clusters"] = {
             "file": "clusters.onnx",
             "k": clusters.k,

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.stats import beta
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.metrics import silhouette_score
+from sklearn.preprocessing import normalize
 
 from router import ArtifactError, ArtifactRefused, Router
 from router.manifest import read_manifest
@@ -160,11 +162,20 @@ def build_report(
     delta = float(manifest.get("delta") or 0.05)
     report["frontier"] = _frontier(router, cal, (scores.accept_score, scores.ood, agree), delta)
 
-    feats = _unit_rows(np.asarray(router.pipeline.embed(texts), dtype=np.float64))
-    z = feats
-    if len(texts) >= 10:  # too few inputs to project; their geometry is all there is
+    # TF-IDF embeddings are wide and mostly zero: hold them sparse, a batch at a time.
+    feats = normalize(
+        sp.vstack(
+            [
+                sp.csr_matrix(router.pipeline.embed(texts[i : i + 256]))
+                for i in range(0, len(texts), 256)
+            ]
+        )
+    )
+    if len(texts) >= 10:
         dims = max(2, min(50, feats.shape[1] - 1, len(texts) - 1))
         z = _unit_rows(TruncatedSVD(n_components=dims, random_state=seed).fit_transform(feats))
+    else:  # too few inputs to project; their geometry is all there is
+        z = feats.toarray()
     names = router.pipeline.cluster_names
     if names and (scores.cluster >= 0).all():  # the clusters the router names when serving
         cluster_of, k = scores.cluster, len(names)
