@@ -92,7 +92,7 @@ def fit_clusters(
         common = Counter(members).most_common(2)
         if not common:
             names.append("empty")
-        elif len(common) > 1 and common[1][1] >= 0.3 * len(members):
+        elif len(common) > 1 and common[1][1] >= 0.15 * len(members):
             names.append(f"{common[0][0]} / {common[1][0]}")
         else:
             names.append(common[0][0])

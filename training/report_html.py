@@ -24,7 +24,7 @@ h2{font-size:16px;margin:0 0 10px} h3{font-size:14px;margin:12px 0 6px}
 .kpis{display:flex;gap:12px;flex-wrap:wrap}
 .kpi{border:1px solid #dde1e6;border-radius:6px;padding:8px 12px;min-width:120px}
 .kpi b{display:block;font-size:20px} .kpi span{color:#5f6b76;font-size:12px}
-table{border-collapse:collapse;width:100%} th,td{text-align:left;padding:5px 8px;
+table{border-collapse:collapse;width:100%;table-layout:fixed;overflow-wrap:anywhere} th,td{text-align:left;padding:5px 8px;
 border-bottom:1px solid #eceff2;vertical-align:top} th{font-size:12px;color:#5f6b76}
 .tag{display:inline-block;padding:1px 7px;border-radius:10px;color:#fff;font-size:12px}
 .ex{color:#39434d;font-size:13px} .muted{color:#6b7782} .grid{display:grid;
@@ -177,19 +177,13 @@ def _clusters(clusters: Sequence[dict[str, Any]]) -> str:
                 examples,
             ]
         )
-    head = "".join(
-        f"<th>{h}</th>"
-        for h in [
-            "#",
-            "decision",
-            "size (share)",
-            "top labels",
-            "coverage",
-            "agreement",
-            "examples",
-        ]
-    )
-    return f"<table><tr>{head}</tr>{_rows(rows)}</table>"
+    columns = [
+        ("#", 11), ("decision", 8), ("size (share)", 8), ("top labels", 19),
+        ("coverage", 10), ("agreement", 10), ("examples", 34),
+    ]  # fmt: skip
+    cols = "".join(f'<col style="width:{w}%">' for _, w in columns)
+    head = "".join(f"<th>{h}</th>" for h, _ in columns)
+    return f"<table><colgroup>{cols}</colgroup><tr>{head}</tr>{_rows(rows)}</table>"
 
 
 def _pairs(pairs: Sequence[dict[str, Any]]) -> str:
