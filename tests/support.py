@@ -11,6 +11,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from proxy.config import Config, parse_config
+from proxy.synthetic import INTENTS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -67,3 +68,54 @@ def running_proxy(config: Config) -> Iterator[str]:
 
     with serve_in_thread(create_app(config), name="tracer-proxy") as url:
         yield f"{url}/v1"
+
+
+INTENT_LABELS = sorted(INTENTS)
+
+
+def intents_config(
+    teacher_url: str,
+    tmp: Path,
+    artifacts: Path | None = None,
+    *,
+    task: dict | None = None,
+    **top: Any,
+) -> Config:
+    """One task, `intents`, on the project's own intent set, taught by `teacher`."""
+    raw = {
+        "model_list": [
+            {
+                "model_name": "teacher",
+                "litellm_params": {
+                    "model": "openai/teacher",
+                    "api_key": "k",
+                    "api_base": teacher_url,
+                },
+            }
+        ],
+        "tasks": [
+            {
+                "name": "intents",
+                "match": {"model": "intents"},
+                "teacher": "teacher",
+                "labels": INTENT_LABELS,
+                **(task or {}),
+            }
+        ],
+        "store": {"url": f"sqlite+aiosqlite:///{tmp / 'tracer.db'}"},
+        "artifacts": {"dir": str(artifacts or tmp / "artifacts")},
+        **top,
+    }
+    return parse_config(raw, env={})
+
+
+def serve_fitted_intents(root: Path, rows: list[tuple[str, str]]) -> None:
+    """Fit `rows` at α 0.9 and serve the model as version v0001 of task `intents`."""
+    from proxy.models import ModelStore
+    from training.fit import FitOptions, fit
+
+    store = ModelStore(root)
+    options = FitOptions(target=0.9, confidence=0.9, min_coverage=0.05, quiet=True)
+    result = fit(rows, store.version_dir("intents", "v0001"), options)
+    assert result.deployed, result.manifest.get("refusal")
+    store.set_current("intents", "v0001")

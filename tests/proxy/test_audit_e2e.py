@@ -12,10 +12,9 @@ import openai
 import pytest
 
 from proxy.audit import AuditWindow, clopper_pearson, min_certifying_samples
-from proxy.config import parse_config
-from proxy.models import ModelStore
 from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
 from proxy.synthetic import INTENTS, make_intents
+from tests.support import intents_config, serve_fitted_intents
 
 LABELS = sorted(INTENTS)
 
@@ -37,47 +36,10 @@ def test_bounds_and_verdicts():
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
     """A model on the project's own intents, served as v0001 of task `intents`."""
-    from training.fit import FitOptions, fit
-
     rows = make_intents(2000, seed=3)
     root = tmp_path_factory.mktemp("artifacts")
-    store = ModelStore(root)
-    result = fit(
-        rows[:1600],
-        store.version_dir("intents", "v0001"),
-        FitOptions(target=0.9, confidence=0.9, min_coverage=0.05, quiet=True),
-    )
-    assert result.deployed, result.manifest.get("refusal")
-    store.set_current("intents", "v0001")
+    serve_fitted_intents(root, rows[:1600])
     return root, rows
-
-
-def config_for(teacher_url: str, tmp: Path, artifacts: Path) -> dict:
-    return {
-        "model_list": [
-            {
-                "model_name": "teacher",
-                "litellm_params": {
-                    "model": "openai/teacher",
-                    "api_key": "k",
-                    "api_base": teacher_url,
-                },
-            }
-        ],
-        "tasks": [
-            {
-                "name": "intents",
-                "match": {"model": "intents"},
-                "teacher": "teacher",
-                "labels": LABELS,
-                "target": 0.9,
-                "confidence": 0.9,
-                "audit_rate": 1.0,
-            }
-        ],
-        "store": {"url": f"sqlite+aiosqlite:///{tmp / 'tracer.db'}"},
-        "artifacts": {"dir": str(artifacts)},
-    }
 
 
 def ask(client: openai.OpenAI, text: str) -> tuple[str, str]:
@@ -92,7 +54,8 @@ def test_audits_are_background_and_drift_triggers_fallback(fitted, tmp_path, cap
     sim = SimulatedTeacher(dict(rows), labels=LABELS)
     unseen = [text for text, _ in rows[1600:]]
     with run_sim_teacher(sim) as teacher_url:
-        config = parse_config(config_for(teacher_url, tmp_path, artifacts), env={})
+        task = {"target": 0.9, "confidence": 0.9, "audit_rate": 1.0}
+        config = intents_config(teacher_url, tmp_path, artifacts, task=task)
         from proxy.app import create_app
         from proxy.threaded import serve_in_thread
 

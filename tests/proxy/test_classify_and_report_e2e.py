@@ -11,10 +11,9 @@ import openai
 import pytest
 
 from proxy.config import parse_config
-from proxy.models import ModelStore
 from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
 from proxy.synthetic import INTENTS, make_intents
-from tests.support import running_proxy
+from tests.support import intents_config, running_proxy, serve_fitted_intents
 
 LABELS = sorted(INTENTS)
 KEY = "client-key-for-reports"
@@ -29,47 +28,15 @@ ODD = [
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
-    from training.fit import FitOptions, fit
-
     rows = make_intents(1800, seed=5)
     root = tmp_path_factory.mktemp("artifacts")
-    store = ModelStore(root)
-    result = fit(
-        rows[:1500],
-        store.version_dir("intents", "v0001"),
-        FitOptions(target=0.9, confidence=0.9, min_coverage=0.05, quiet=True),
-    )
-    assert result.deployed
-    store.set_current("intents", "v0001")
+    serve_fitted_intents(root, rows[:1500])
     sim = SimulatedTeacher(dict(rows), labels=LABELS)
     tmp = tmp_path_factory.mktemp("proxy")
     with run_sim_teacher(sim) as teacher_url:
-        raw = {
-            "model_list": [
-                {
-                    "model_name": "teacher",
-                    "litellm_params": {
-                        "model": "openai/teacher",
-                        "api_key": "k",
-                        "api_base": teacher_url,
-                    },
-                }
-            ],
-            "tasks": [
-                {
-                    "name": "intents",
-                    "match": {"model": "intents"},
-                    "teacher": "teacher",
-                    "labels": LABELS,
-                    "prompt": "Classify the banking question.",
-                    "audit_rate": 0.0,
-                }
-            ],
-            "server": {"api_keys": [KEY]},
-            "store": {"url": f"sqlite+aiosqlite:///{tmp / 'tracer.db'}"},
-            "artifacts": {"dir": str(root)},
-        }
-        with running_proxy(parse_config(raw, env={})) as url:
+        task = {"prompt": "Classify the banking question.", "audit_rate": 0.0}
+        config = intents_config(teacher_url, tmp, root, task=task, server={"api_keys": [KEY]})
+        with running_proxy(config) as url:
             yield url.removesuffix("/v1"), rows[1500:], tmp / "tracer.db", sim
 
 

@@ -11,47 +11,16 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import openai
 
-from proxy.config import parse_config
 from proxy.models import ModelStore
 from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
 from proxy.synthetic import INTENTS, make_intents
-from tests.support import running_proxy
+from tests.support import intents_config, running_proxy
 
 LABELS = sorted(INTENTS)
-
-
-def flywheel_config(teacher_url: str, tmp: Path, min_new: int) -> dict:
-    return {
-        "model_list": [
-            {
-                "model_name": "teacher",
-                "litellm_params": {
-                    "model": "openai/teacher",
-                    "api_key": "k",
-                    "api_base": teacher_url,
-                },
-            }
-        ],
-        "tasks": [
-            {
-                "name": "intents",
-                "match": {"model": "intents"},
-                "teacher": "teacher",
-                "labels": LABELS,
-                "target": 0.85,
-                "confidence": 0.9,
-                "min_coverage": 0.05,
-            }
-        ],
-        "store": {"url": f"sqlite+aiosqlite:///{tmp / 'tracer.db'}"},
-        "artifacts": {"dir": str(tmp / "artifacts")},
-        "refit": {"min_new_traces": min_new, "interval_seconds": 3600},
-    }
 
 
 class Driver:
@@ -101,7 +70,9 @@ def test_cold_start_to_first_deployment_to_second_swap(tmp_path):
     rows = make_intents(3000, seed=7)
     sim = SimulatedTeacher(dict(rows), labels=LABELS)
     with run_sim_teacher(sim) as teacher_url:
-        config = parse_config(flywheel_config(teacher_url, tmp_path, min_new=500), env={})
+        task = {"target": 0.85, "confidence": 0.9, "min_coverage": 0.05}
+        refit = {"min_new_traces": 500, "interval_seconds": 3600}
+        config = intents_config(teacher_url, tmp_path, task=task, refit=refit)
         with running_proxy(config) as url:
             models = ModelStore(tmp_path / "artifacts")
             driver = Driver(url, rows)
