@@ -222,13 +222,17 @@ def answer_locally(exchange: Exchange, body: dict[str, Any], text: str, routed: 
     )
 
 
-def keep_answer(exchange: Exchange, text: str, routed: Routed, answer: TeacherAnswer) -> str | None:
-    """Store the teacher's answer as a trace and the request as a decision; the label."""
-    state, task = exchange.state, exchange.task
-    assert task is not None
+def store_trace(
+    state: ProxyState,
+    task: TaskConfig,
+    text: str,
+    said: Answer,
+    upstream_seconds: float,
+    source: str = "teacher",
+) -> str | None:
+    """Parse the teacher's answer into a label and queue it as a trace; the label."""
     entry = state.upstream.entry(task.teacher)
     assert entry is not None  # the config validator guarantees it
-    said = answer.answer
     label = parse_label(said.content, task.output.format, task.output.field, task.labels)
     state.record_trace(
         store.Trace(
@@ -237,12 +241,21 @@ def keep_answer(exchange: Exchange, text: str, routed: Routed, answer: TeacherAn
             label=label,
             raw_output=said.content,
             model=task.teacher,
-            latency_ms=answer.upstream_seconds * 1000.0,
+            latency_ms=upstream_seconds * 1000.0,
             prompt_tokens=said.prompt_tokens,
             completion_tokens=said.completion_tokens,
             cost_usd=state.cost(entry, said.prompt_tokens, said.completion_tokens),
+            source=source,
         )
     )
+    return label
+
+
+def keep_answer(exchange: Exchange, text: str, routed: Routed, answer: TeacherAnswer) -> str | None:
+    """Store the teacher's answer as a trace and the request as a decision; the label."""
+    state, task = exchange.state, exchange.task
+    assert task is not None
+    label = store_trace(state, task, text, answer.answer, answer.upstream_seconds)
     reason = routed.reason if label is not None else f"{routed.reason}; answer not a valid label"
     state.record_decision(
         store.Decision(
@@ -429,20 +442,6 @@ async def audit_handled(
         state.metrics.audits.labels(task.name, "error").inc()
         return
     assert isinstance(result, Completion)
-    said = result.answer()
-    taught = parse_label(said.content, task.output.format, task.output.field, task.labels)
-    state.record_trace(
-        store.Trace(
-            task=task.name,
-            input=text,
-            label=taught,
-            raw_output=said.content,
-            model=task.teacher,
-            latency_ms=(time.perf_counter() - started) * 1000.0,
-            prompt_tokens=said.prompt_tokens,
-            completion_tokens=said.completion_tokens,
-            cost_usd=state.cost(entry, said.prompt_tokens, said.completion_tokens),
-            source="audit",
-        )
-    )
+    seconds = time.perf_counter() - started
+    taught = store_trace(state, task, text, result.answer(), seconds, source="audit")
     state.audit_result(task, live.version, None if taught is None else taught == label)
