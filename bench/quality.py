@@ -101,13 +101,13 @@ def bench_banking(work: Path, embedders: list[str], alphas: list[float]) -> list
     return rows
 
 
-def bench_clinc(work: Path, embedders: list[str]) -> list[dict[str, Any]]:
+def bench_clinc(work: Path, embedders: list[str], quantiles: list[float]) -> list[dict[str, Any]]:
     train = load_labelled(DATA / "clinc150", "train+val")
     test = load_labelled(DATA / "clinc150", "test")
     oos = load_labelled(DATA / "clinc150", "oos_test")
     rows = []
     for emb in embedders:
-        for q in (0.0, 0.01, 0.05):
+        for q in quantiles:
             row = _fit_eval(
                 train, test, work, f"clinc-{emb}-{q}",
                 target=0.95, embedder=EMBEDDERS[emb], test_size=0.0, ood_quantile=q,
@@ -235,6 +235,7 @@ def main() -> int:
     p.add_argument("--embedders", default="tfidf,minilm,tfidf+minilm")
     p.add_argument("--clinc-embedders", default="tfidf,tfidf+minilm")
     p.add_argument("--alphas", default="0.90,0.95,0.97")
+    p.add_argument("--ood-quantiles", default="0,0.01,0.05", help="CLINC150 OOD settings")
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--work", default=None, help="where artifacts go (default: a temp dir)")
@@ -254,7 +255,8 @@ def main() -> int:
         alphas = [float(a) for a in args.alphas.split(",")]
         results["banking77"] = bench_banking(work, args.embedders.split(","), alphas)
     if "clinc" in sections:
-        results["clinc150"] = bench_clinc(work, args.clinc_embedders.split(","))
+        quantiles = [float(q) for q in args.ood_quantiles.split(",")]
+        results["clinc150"] = bench_clinc(work, args.clinc_embedders.split(","), quantiles)
     if "rte" in sections:
         results["rte"] = bench_rte(work)
     if "guarantee" in sections:
