@@ -147,6 +147,9 @@ class ServerConfig(_Strict):
     api_keys: list[SecretStr] = []
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     upstream_timeout_seconds: float = Field(default=60.0, gt=0)
+    # auto: OpenAI-compatible upstreams (openai/...) by byte relay, the rest by LiteLLM;
+    # litellm: every call through LiteLLM (its callbacks and logging, at 5-10 ms of CPU a call).
+    upstream_client: Literal["auto", "litellm"] = "auto"
 
     @model_validator(mode="after")
     def _keys_off_loopback(self) -> ServerConfig:

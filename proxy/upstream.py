@@ -126,6 +126,7 @@ class Upstream:
         self._secrets = sorted(config.secrets(), key=len, reverse=True)
         self._timeout = config.server.upstream_timeout_seconds
         self._relay = Relay(self._timeout)
+        self._relay_on = config.server.upstream_client == "auto"
         litellm.suppress_debug_info = True
         litellm.telemetry = False
 
@@ -134,9 +135,14 @@ class Upstream:
 
     async def close(self) -> None:
         await self._relay.close()
+        # LiteLLM caches clients bound to this event loop; close them before it closes.
+        await litellm.close_litellm_async_clients()
 
     def entry(self, model_name: str) -> ModelEntry | None:
         return self.config.model(model_name)
+
+    def _relayed(self, entry: ModelEntry) -> bool:
+        return self._relay_on and relayable(entry)
 
     async def complete(
         self, entry: ModelEntry, body: dict[str, Any], collect: bool = False
@@ -144,7 +150,7 @@ class Upstream:
         """Send a chat completion; a stream is returned once its first bytes arrived."""
         stream = bool(body.get("stream"))
         try:
-            if relayable(entry):
+            if self._relayed(entry):
                 if not stream:
                     return Completion(await self._relay.post(entry, "/chat/completions", body))
                 chunks = self._mapped(self._relay.stream(entry, "/chat/completions", body))
@@ -159,7 +165,7 @@ class Upstream:
 
     async def embed(self, entry: ModelEntry, body: dict[str, Any]) -> Completion:
         try:
-            if relayable(entry):
+            if self._relayed(entry):
                 return Completion(await self._relay.post(entry, "/embeddings", body))
             result = await litellm.aembedding(**self._litellm_kwargs(entry, body))
             return Completion(openai_json(result).encode())

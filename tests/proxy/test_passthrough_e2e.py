@@ -259,3 +259,20 @@ def test_metrics_count_requests_by_task_and_decision(proxy):
     ]:
         assert name in text, name
     assert UPSTREAM_KEY not in text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_everything_through_litellm_when_configured(teacher, tmp_path, stream):
+    config = proxy_config(teacher[1], tmp_path / "t.db", upstream_client="litellm")
+    with running_proxy(config) as url:
+        kwargs = {"model": "banking-intent", "messages": QUESTION}
+        if stream:
+            assert stream_text(client(url).chat.completions.create(**kwargs, stream=True)) == (
+                "card_arrival",
+                "stop",
+            )
+        else:
+            reply = client(url).chat.completions.create(**kwargs)
+            assert reply.choices[0].message.content == "card_arrival"
+        rows = wait_for_rows(tmp_path / "t.db", "SELECT label FROM traces", 1)
+    assert rows == [("card_arrival",)]
