@@ -128,6 +128,10 @@ class TaskConfig(_Strict):
     confidence: float = Field(default=0.95, gt=0, lt=1)
     min_coverage: float = Field(default=0.2, ge=0, le=1)
     audit_rate: float = Field(default=0.02, ge=0, le=1)
+    embedder: str = Field(
+        default="tfidf",
+        description="tfidf, an encoder folder (model.onnx, tokenizer.json), or tfidf+FOLDER",
+    )
 
     @field_validator("labels")
     @classmethod

@@ -122,6 +122,7 @@ class RefitLoop:
             "confidence": task.confidence,
             "min_coverage": task.min_coverage,
             "labels": task.labels,
+            "embedder": task.embedder,
             "task": task.name,
             "quiet": True,
         }

@@ -1,0 +1,106 @@
+"""The refit loop on a real store: the gate decides, and only a deployed model is served."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+
+from proxy import store
+from proxy.app import ProxyState
+from proxy.synthetic import make_intents
+from tests.support import SHARED, intents_config
+
+MINILM = SHARED / "models" / "all-MiniLM-L6-v2-onnx-int8"
+NOWHERE = "http://127.0.0.1:9/v1"  # no teacher is called: traces are written directly
+
+
+async def add_traces(state: ProxyState, rows: list[tuple[str, str]]) -> None:
+    for text, label in rows:
+        state.record_trace(
+            store.Trace(
+                task="intents",
+                input=text,
+                label=label,
+                raw_output=label,
+                model="teacher",
+                latency_ms=1.0,
+            )
+        )
+    await state.writer.flush()
+
+
+async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: Path):
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    task = state.config.tasks[0]
+    await state.start(refit=False)
+    try:
+        await add_traces(state, make_intents(800, seed=1))
+        first = await state.refit_loop.refit(task)
+        assert first.outcome == "deployed", first.reason
+        live = state.models.get("intents")
+        assert live is not None and live.version == "v0001"
+
+        # Now most traces carry random labels: no threshold can certify the target on
+        # the 60% of traffic this task demands, so the gate must refuse.
+        rng = random.Random(0)
+        noise = [
+            (f"noise {i} {rng.random()}", rng.choice(["balance", "refund"])) for i in range(900)
+        ]
+        await add_traces(state, noise)
+        refused = await state.refit_loop.refit(task.model_copy(update={"min_coverage": 0.6}))
+        assert refused.outcome == "refused" and refused.reason
+        assert state.models.store.current("intents") == "v0001"
+
+        broken = task.model_copy(update={"embedder": str(tmp_path / "no-such-encoder")})
+        crashed = await state.refit_loop.refit(broken)
+        assert crashed.outcome == "failed" and "exited with" in (crashed.reason or "")
+        assert state.models.store.current("intents") == "v0001"
+        live = state.models.get("intents")
+        assert live is not None and live.version == "v0001"
+        outcomes = {
+            (s.labels["outcome"], s.value)
+            for m in state.metrics.refits.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        }
+        assert outcomes == {("deployed", 1.0), ("refused", 1.0), ("failed", 1.0)}
+        last = await store.last_refit(state.engine, "intents")
+        assert last is not None and last["outcome"] == "failed"
+    finally:
+        await state.stop()
+
+
+async def test_only_the_lease_holder_fits(tmp_path: Path):
+    config = intents_config(NOWHERE, tmp_path)
+    one, two = ProxyState(config), ProxyState(config)
+    await one.start(refit=False)
+    await two.start(refit=False)
+    try:
+        engine = one.engine
+        assert await store.acquire_lease(engine, "intents", one.refit_loop.holder, 60)
+        assert not await store.acquire_lease(engine, "intents", two.refit_loop.holder, 60)
+        skipped = await two.refit_loop.refit(config.tasks[0])
+        assert skipped.outcome == "skipped" and "another worker" in (skipped.reason or "")
+        await store.release_lease(engine, "intents", one.refit_loop.holder)
+        assert await store.acquire_lease(engine, "intents", two.refit_loop.holder, 60)
+    finally:
+        await asyncio.gather(one.stop(), two.stop())
+
+
+@pytest.mark.skipif(not MINILM.is_dir(), reason=f"needs the MiniLM encoder at {MINILM}")
+async def test_a_task_can_refit_with_the_sentence_encoder(tmp_path: Path):
+    task = {"target": 0.9, "embedder": str(MINILM)}
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task=task))
+    await state.start(refit=False)
+    try:
+        await add_traces(state, make_intents(600, seed=2))
+        result = await state.refit_loop.refit(state.config.tasks[0])
+        assert result.outcome == "deployed", result.reason
+        live = state.models.get("intents")
+        assert live is not None
+        assert [p["kind"] for p in live.router.manifest["embedder"]["parts"]] == ["encoder"]
+    finally:
+        await state.stop()
