@@ -64,7 +64,9 @@ class Relay:
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60)
+        # Idle connections are dropped before common servers' own keep-alive (uvicorn: 5 s)
+        # closes them under us.
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=4)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
 
     async def close(self) -> None:
@@ -88,14 +90,29 @@ class Relay:
         payload = {**body, "model": params.model.removeprefix("openai/")}
         return base, json.dumps(payload).encode(), headers
 
+    async def _send(
+        self, url: str, payload: bytes, headers: dict[str, str], timeout: aiohttp.ClientTimeout
+    ) -> aiohttp.ClientResponse:
+        """Send once more on a fresh connection if the first attempt got no response.
+
+        That is what a pooled keep-alive connection looks like when the server closed it
+        as we reused it. Only a failure before the response began is retried; in the rare
+        case that the upstream had read the whole request before the connection broke, it
+        sees it twice. Any answer, error statuses included, is never retried.
+        """
+        assert self._session is not None, "Relay.start() was not awaited"
+        try:
+            return await self._session.post(url, data=payload, headers=headers, timeout=timeout)
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            return await self._session.post(url, data=payload, headers=headers, timeout=timeout)
+
     async def post(self, entry: ModelEntry, path: str, body: dict[str, Any]) -> bytes:
         """A non-streamed call: the upstream's body bytes, or RelayStatusError."""
         assert self._session is not None, "Relay.start() was not awaited"
         base, payload, headers = self._request(entry, body)
         timeout = aiohttp.ClientTimeout(total=entry.litellm_params.timeout or self.default_timeout)
-        async with self._session.post(
-            base + path, data=payload, headers=headers, timeout=timeout
-        ) as resp:
+        resp = await self._send(base + path, payload, headers, timeout)
+        async with resp:
             data = await resp.read()
             if resp.status != 200:
                 raise RelayStatusError(resp.status, data)
@@ -109,9 +126,8 @@ class Relay:
         base, payload, headers = self._request(entry, body)
         seconds = entry.litellm_params.timeout or self.default_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
-        async with self._session.post(
-            base + path, data=payload, headers=headers, timeout=timeout
-        ) as resp:
+        resp = await self._send(base + path, payload, headers, timeout)
+        async with resp:
             if resp.status != 200:
                 raise RelayStatusError(resp.status, await resp.read())
             async for chunk in resp.content.iter_any():

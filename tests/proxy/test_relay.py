@@ -1,0 +1,67 @@
+"""The byte relay against a raw server that drops the first connection unanswered."""
+
+from __future__ import annotations
+
+import asyncio
+
+from proxy.config import parse_config
+from proxy.relay import Relay, RelayStatusError
+
+ANSWER = b'{"choices": [{"message": {"content": "ok"}}]}'
+
+
+async def flaky_server(dropped: list[int]) -> tuple[asyncio.Server, int]:
+    """Closes the first connection without answering, as a server ending keep-alive does."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        if not dropped:
+            dropped.append(1)
+            writer.close()
+            return
+        status = b"200 OK" if len(dropped) == 1 else b"500 Internal Server Error"
+        dropped.append(1)
+        writer.write(
+            b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(ANSWER)).encode() + b"\r\n\r\n" + ANSWER
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_dropped_connection_is_retried_once_and_an_answer_never():
+    dropped: list[int] = []
+    server, port = await flaky_server(dropped)
+    config = parse_config(
+        {
+            "model_list": [
+                {
+                    "model_name": "m",
+                    "litellm_params": {
+                        "model": "openai/m",
+                        "api_base": f"http://127.0.0.1:{port}/v1",
+                    },
+                }
+            ]
+        },
+        env={},
+    )
+    relay = Relay(5.0)
+    await relay.start()
+    try:
+        body = await relay.post(config.model_list[0], "/chat/completions", {"messages": []})
+        assert body == ANSWER and len(dropped) == 2  # the dropped attempt, then the answer
+        try:
+            await relay.post(config.model_list[0], "/chat/completions", {"messages": []})
+        except RelayStatusError as err:
+            assert err.status == 500
+        else:
+            raise AssertionError("a 500 must reach the caller")
+        assert len(dropped) == 3  # the error status was not retried
+    finally:
+        await relay.close()
+        server.close()
+        await server.wait_closed()
