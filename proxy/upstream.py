@@ -6,7 +6,7 @@ Both give the caller the same two shapes: a `Completion` (the JSON bytes) or a
 `CompletionStream` (server-sent event bytes), each able to say, once read, what
 the teacher answered and how many tokens it used.
 
-The proxy never retries: the client's own SDK does, and a hidden retry would double
+The proxy never retries an answer: the client's own SDK does, and a hidden retry would double
 the latency it measures. Every error message leaving this module has had the
 configured secrets scrubbed from it.
 """
