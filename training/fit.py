@@ -308,8 +308,6 @@ def _run(
     if k < 2:
         raise _Refusal("too_few_labels", "fewer than 2 labels in the training splits")
     manifest["labels"] = labels
-    # a few training inputs, for warm-up and latency probes by the server
-    manifest["examples"] = [raw_texts[i] for i in splits["fit"][:8]]
 
     with progress.stage("embed"):
         parts = parse_embedder_spec(opts.embedder, encoder_weight=opts.encoder_weight)
