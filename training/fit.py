@@ -105,7 +105,7 @@ def _as_traces(traces: Sequence[Trace] | Sequence[tuple[str, str]] | str | Path)
         if isinstance(t, Trace):
             out.append(t)
         elif isinstance(t, dict):
-            out.append(Trace(t["input"], t["label"]))
+            out.append(Trace(t["input"], t["label"], t.get("source") or "teacher"))
         else:
             out.append(Trace(t[0], t[1]))
     return out
@@ -285,11 +285,27 @@ def _run(
         }
         if fractions["fit"] <= 0:
             raise ValueError("split sizes leave nothing to fit on")
-        splits = stratified_split(y_str, fractions, opts.seed)
+        # Only traces sampled independently of a model may judge a model; the ones
+        # a served model deferred are its hard cases and would skew calibration.
+        sampled = np.array([i for i, t in enumerate(traces) if t.representative], dtype=np.int64)
+        deferred = np.array([i for i, t in enumerate(traces) if not t.representative], np.int64)
+        fractions = _shares_of_sampled(fractions, len(sampled), len(deferred))
+        splits = {
+            name: sampled[idx]
+            for name, idx in stratified_split(
+                [y_str[i] for i in sampled], fractions, opts.seed
+            ).items()
+        }
+        splits["fit"] = np.sort(np.concatenate([splits["fit"], deferred]))
         manifest["splits"] = {k: len(v) for k, v in splits.items()}
+        manifest["data"]["representative"] = len(sampled)
+        manifest["data"]["deferred_fit_only"] = len(deferred)
         texts = [normalize_text(t.input) for t in traces]
         raw_texts = [t.input for t in traces]
-        progress.log(", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+        progress.log(
+            ", ".join(f"{k} {len(v)}" for k, v in splits.items())
+            + (f" (fit includes {len(deferred)} deferred traces)" if len(deferred) else "")
+        )
     n_cal = len(splits["calibration"])
     if n_cal < min_testable(alpha, delta):
         raise _Refusal(
@@ -531,6 +547,25 @@ def _run(
             },
         )
         progress.log(f"{clusters.k} clusters, silhouette {clusters.silhouette}")
+
+
+def _shares_of_sampled(
+    fractions: dict[str, float], n_sampled: int, n_deferred: int
+) -> dict[str, float]:
+    """Split shares for the sampled traces, given that deferred ones can only train.
+
+    Deferred traces count towards the fit split's share of all traces; what they
+    free of the sampled traces goes to calibration, where sample size is coverage.
+    """
+    if n_deferred == 0 or n_sampled == 0:
+        return fractions
+    wanted = fractions["fit"] * (n_sampled + n_deferred)
+    fit_share = min(fractions["fit"], max(0.0, wanted - n_deferred) / n_sampled)
+    return {
+        **fractions,
+        "fit": fit_share,
+        "calibration": fractions["calibration"] + fractions["fit"] - fit_share,
+    }
 
 
 def _gate(cal: Calibration, opts: FitOptions, manifest: dict[str, Any]) -> None:

@@ -1,4 +1,13 @@
-"""Trace files (JSONL, one {"input": str, "label": str} a line) and cleaning."""
+"""Trace files (JSONL, one {"input": str, "label": str} a line) and cleaning.
+
+An optional ``source`` key says how the trace was collected. Traces whose source
+is ``deferred`` were sent to the teacher because a served model was unsure of
+them: they are a biased sample of the traffic (its hard part), so the trainer
+learns from them but never calibrates or tests on them. Every other source
+(``teacher``: no model served; ``audit``: a handled request re-asked;
+``explore``: a deferred request drawn at the audit rate) is a uniform sample of
+what the proxy saw.
+"""
 
 from __future__ import annotations
 
@@ -15,30 +24,42 @@ class TraceFormatError(ValueError):
     """A trace file line is not a valid trace; the message names the line."""
 
 
+SELECTED = "deferred"  # chosen by a model's confidence: train on it, never calibrate
+
+
 @dataclass(frozen=True, slots=True)
 class Trace:
     input: str
     label: str
+    source: str = "teacher"
+
+    @property
+    def representative(self) -> bool:
+        """Sampled from the traffic independently of any model's decision."""
+        return self.source != SELECTED
 
 
-def parse_trace_line(line: str, lineno: int, source: str = "<traces>") -> Trace | None:
+def parse_trace_line(line: str, lineno: int, source_name: str = "<traces>") -> Trace | None:
     """One JSONL line -> Trace; blank lines give None."""
     if not line.strip():
         return None
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise TraceFormatError(f"{source}:{lineno}: invalid JSON: {exc.msg}") from exc
+        raise TraceFormatError(f"{source_name}:{lineno}: invalid JSON: {exc.msg}") from exc
     if not isinstance(obj, dict):
-        raise TraceFormatError(f"{source}:{lineno}: expected a JSON object")
+        raise TraceFormatError(f"{source_name}:{lineno}: expected a JSON object")
     for key in ("input", "label"):
         if key not in obj:
-            raise TraceFormatError(f"{source}:{lineno}: missing key {key!r}")
+            raise TraceFormatError(f"{source_name}:{lineno}: missing key {key!r}")
         if not isinstance(obj[key], str):
             raise TraceFormatError(
-                f"{source}:{lineno}: {key!r} must be a string, got {type(obj[key]).__name__}"
+                f"{source_name}:{lineno}: {key!r} must be a string, got {type(obj[key]).__name__}"
             )
-    return Trace(obj["input"], obj["label"])
+    source = obj.get("source", "teacher")
+    if not isinstance(source, str):
+        raise TraceFormatError(f"{source_name}:{lineno}: 'source' must be a string")
+    return Trace(obj["input"], obj["label"], source or "teacher")
 
 
 def load_traces(path: str | Path) -> list[Trace]:
@@ -56,8 +77,13 @@ def load_traces(path: str | Path) -> list[Trace]:
 def write_traces(path: str | Path, pairs: Iterable[tuple[str, str] | Trace]) -> None:
     with Path(path).open("w", encoding="utf-8") as fh:
         for item in pairs:
-            text, label = (item.input, item.label) if isinstance(item, Trace) else item
-            fh.write(json.dumps({"input": text, "label": label}, ensure_ascii=False) + "\n")
+            if isinstance(item, Trace):
+                row = {"input": item.input, "label": item.label}
+                if item.source != "teacher":
+                    row["source"] = item.source
+            else:
+                row = {"input": item[0], "label": item[1]}
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 @dataclass
@@ -101,7 +127,7 @@ def clean_traces(
             if len(stats.invalid_examples) < 5 and label not in stats.invalid_examples:
                 stats.invalid_examples.append(label)
             continue
-        groups.setdefault(key, []).append(Trace(" ".join(t.input.split()), label))
+        groups.setdefault(key, []).append(Trace(" ".join(t.input.split()), label, t.source))
     out: list[Trace] = []
     for members in groups.values():
         counts = Counter(m.label for m in members)
@@ -111,6 +137,11 @@ def clean_traces(
         kept = counts[best]
         stats.duplicates += kept - 1
         stats.conflicting_dropped += len(members) - kept
-        out.append(next(m for m in members if m.label == best))
+        kept_trace = next(m for m in members if m.label == best)
+        if not kept_trace.representative:  # seen once by chance is enough to be a sample
+            sampled = next((m for m in members if m.representative), None)
+            if sampled is not None:
+                kept_trace = Trace(kept_trace.input, best, sampled.source)
+        out.append(kept_trace)
     stats.n_used = len(out)
     return out, stats

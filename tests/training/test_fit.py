@@ -8,9 +8,9 @@ import pytest
 
 from router import ArtifactRefused, Router
 from training.datasets import load_labelled
-from training.fit import FitOptions, FitResult, fit
+from training.fit import FitOptions, FitResult, _shares_of_sampled, fit
 from training.synthetic import random_labels, separable
-from training.traces import write_traces
+from training.traces import Trace, clean_traces, load_traces, write_traces
 
 FAST = {"quiet": True, "candidates": ["linear_svm"]}
 
@@ -124,3 +124,38 @@ def test_router_decisions_match_recorded_test_figures(deployed_artifact: FitResu
     single = [router.predict(t) for t in texts]
     assert [d.label for d in batch] == [d.label for d in single]
     assert np.allclose([d.accept_score for d in batch], [d.accept_score for d in single], atol=1e-5)
+
+
+def test_deferred_traces_only_train(tmp_path: Path) -> None:
+    """Traces a served model deferred are its hard cases: never calibration or test."""
+    sampled = [Trace(x, y) for x, y in separable(100, seed=5)]
+    deferred = [Trace(f"{x} again", y, "deferred") for x, y in separable(60, seed=6)]
+    result = fit(sampled + deferred, tmp_path / "m", **FAST)
+    m = result.manifest
+    assert m["data"]["representative"] == len(sampled)
+    assert m["data"]["deferred_fit_only"] == len(deferred)
+    lines = (tmp_path / "m" / "heldout.jsonl").read_text().splitlines()
+    held = [json.loads(line) for line in lines]
+    assert held and not {h["input"] for h in held} & {t.input for t in deferred}
+    # What the deferred traces add to the fit split is taken from it for calibration.
+    assert m["splits"]["calibration"] > 0.15 * len(sampled) + 1
+    assert sum(m["splits"].values()) == len(sampled) + len(deferred)
+
+
+def test_split_shares_with_deferred_traces() -> None:
+    shares = {"fit": 0.6, "validation": 0.15, "calibration": 0.15, "test": 0.1}
+    assert _shares_of_sampled(shares, 1000, 0) == shares
+    some = _shares_of_sampled(shares, 1000, 300)  # 0.6 * 1300 - 300 = 480 sampled to fit
+    assert some["fit"] == pytest.approx(0.48) and some["calibration"] == pytest.approx(0.27)
+    many = _shares_of_sampled(shares, 1000, 5000)  # deferred alone fill the fit share
+    assert many["fit"] == 0.0 and many["calibration"] == pytest.approx(0.75)
+    assert many["validation"] == 0.15 and many["test"] == 0.1
+
+
+def test_source_round_trips_and_a_sampled_duplicate_wins(tmp_path: Path) -> None:
+    path = tmp_path / "t.jsonl"
+    write_traces(path, [Trace("a", "x", "deferred"), Trace("b", "y"), ("c", "z")])
+    loaded = load_traces(path)
+    assert [t.source for t in loaded] == ["deferred", "teacher", "teacher"]
+    kept, _ = clean_traces([Trace("Same  text", "x", "deferred"), Trace("same text", "x", "audit")])
+    assert [(t.label, t.source) for t in kept] == [("x", "audit")]
