@@ -49,7 +49,13 @@ class ProxyState:
         self.started_at = time.time()
         task_names = [t.name for t in config.tasks]
         self.models = LiveModels(ModelStore(config.artifacts.dir), task_names, self._swapped)
-        self.refit_loop = RefitLoop(config, self.engine, self.models, self.metrics)
+        self.refit_loop = RefitLoop(
+            config,
+            self.engine,
+            self.models,
+            self.metrics,
+            replaceable=lambda task: task in self.fallbacks,
+        )
         self._teacher_cost: dict[str, tuple[float, int]] = {}
         self.audit_windows: dict[str, AuditWindow] = {}
         self.fallbacks: dict[str, str] = {}
@@ -71,6 +77,17 @@ class ProxyState:
         job = asyncio.create_task(audit_handled(self, task, live, body, text, label))
         self._audits.add(job)
         job.add_done_callback(self._audits.discard)
+
+    def trace_source(self, task: TaskConfig, routed_by_model: bool) -> str:
+        """How a teacher answer was sampled, so a refit knows which traces may calibrate.
+
+        A request the model deferred is one of its hard cases (`deferred`), except
+        for a share drawn at the audit rate (`explore`): with the audits of handled
+        requests, that share is a uniform sample of the traffic.
+        """
+        if not routed_by_model:
+            return "teacher"
+        return "explore" if self._rng.random() < task.audit_rate else "deferred"
 
     def audit_result(self, task: TaskConfig, version: str, agrees: bool | None) -> None:
         outcome = "invalid" if agrees is None else "agree" if agrees else "disagree"

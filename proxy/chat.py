@@ -255,7 +255,8 @@ def keep_answer(exchange: Exchange, text: str, routed: Routed, answer: TeacherAn
     """Store the teacher's answer as a trace and the request as a decision; the label."""
     state, task = exchange.state, exchange.task
     assert task is not None
-    label = store_trace(state, task, text, answer.answer, answer.upstream_seconds)
+    source = state.trace_source(task, routed.routed is not None)
+    label = store_trace(state, task, text, answer.answer, answer.upstream_seconds, source)
     reason = routed.reason if label is not None else f"{routed.reason}; answer not a valid label"
     state.record_decision(
         store.Decision(

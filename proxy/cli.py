@@ -63,6 +63,7 @@ def _export(args: argparse.Namespace) -> int:
                     "id": row["id"],
                     "task": row["task"],
                     "model": row["model"],
+                    "source": row["source"],
                     "raw_output": row["raw_output"],
                     "created_at": row["created_at"].isoformat() if row["created_at"] else None,
                 }

@@ -132,6 +132,12 @@ class LiveModel:
         value = cal.get("agreement") if isinstance(cal, dict) else None
         return float(value) if isinstance(value, int | float) else None
 
+    @property
+    def certified_coverage(self) -> float:
+        cal = self.router.manifest.get("calibration")
+        value = cal.get("coverage") if isinstance(cal, dict) else None
+        return float(value) if isinstance(value, int | float) else 0.0
+
     async def predict(self, text: str) -> Decision:
         if self.inline:
             return self.router.predict(text)

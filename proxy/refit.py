@@ -17,8 +17,10 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -32,11 +34,14 @@ log = logging.getLogger("tracer.refit")
 
 LEASE_TTL_S = 30 * 60.0
 POLL_S = 2.0
+# A refit that certifies at most this much less coverage still replaces the served
+# model: it has seen more, and more recent, traces.
+NOT_WORSE_BY = 0.01
 
 
 @dataclass(frozen=True)
 class RefitOutcome:
-    outcome: str  # deployed | refused | failed | skipped
+    outcome: str  # deployed | refused | not_better | failed | skipped
     version: str | None = None
     reason: str | None = None
 
@@ -49,6 +54,7 @@ class RefitLoop:
         models: LiveModels,
         metrics: Metrics,
         poll_seconds: float = POLL_S,
+        replaceable: Callable[[str], bool] = lambda task: False,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -56,6 +62,8 @@ class RefitLoop:
         self.store: ModelStore = models.store
         self.metrics = metrics
         self.poll_seconds = min(poll_seconds, config.refit.interval_seconds)
+        # True when the served model must go whatever replaces it (e.g. it fell back).
+        self.replaceable = replaceable
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
         self._last_attempt: dict[str, float] = {}
@@ -132,7 +140,10 @@ class RefitLoop:
         )
         traces_path.unlink(missing_ok=True)
         manifest = self.store.manifest(task.name, version)
-        if code == 0 and manifest is not None and manifest.get("status") == "deployed":
+        worse = self._worse_than_served(task.name, manifest)
+        if code == 0 and manifest is not None and manifest.get("status") == "deployed" and worse:
+            result = RefitOutcome("not_better", version, worse)
+        elif code == 0 and manifest is not None and manifest.get("status") == "deployed":
             try:
                 await asyncio.to_thread(self.store.set_current, task.name, version)
                 await asyncio.to_thread(self.models.refresh_task, task.name)
@@ -162,11 +173,30 @@ class RefitLoop:
         )
         return result
 
+    def _worse_than_served(self, task: str, manifest: dict[str, Any] | None) -> str | None:
+        """Why a model that passed the gate should still not replace the served one.
+
+        Both coverages are certified at the task's alpha, each on its own
+        calibration split; a newer fit on more traces should not certify clearly less.
+        """
+        live = self.models.get(task)
+        if live is None or manifest is None or self.replaceable(task):
+            return None
+        cal = manifest.get("calibration") or {}
+        new = float(cal.get("coverage") or 0.0)
+        if new >= live.certified_coverage - NOT_WORSE_BY:
+            return None
+        return (
+            f"certified coverage {new:.3f} is below the served {live.version}'s "
+            f"{live.certified_coverage:.3f}; {live.version} stays"
+        )
+
     async def _export(self, task: str, path: Path) -> tuple[int, int]:
         n, last_id = 0, 0
         with path.open("w", encoding="utf-8") as out:
             async for row in store.iter_traces(self.engine, task):
-                out.write(json.dumps({"input": row["input"], "label": row["label"]}) + "\n")
+                trace = {"input": row["input"], "label": row["label"], "source": row["source"]}
+                out.write(json.dumps(trace) + "\n")
                 n, last_id = n + 1, int(row["id"])
         return n, last_id
 

@@ -80,7 +80,12 @@ def test_cold_start_to_first_deployment_to_second_swap(tmp_path):
                 for _ in range(4):
                     pool.submit(driver.worker)
                 wait_for(lambda: models.current("intents") == "v0001", 240, "first deployment")
-                wait_for(lambda: models.current("intents") == "v0002", 240, "second swap")
+                # A refit that certifies less than v0001 is kept out (not_better): wait
+                # for the next version that is swapped in, whichever it is.
+                wait_for(
+                    lambda: models.current("intents") not in (None, "v0001"), 240, "second swap"
+                )
+                second = models.current("intents")
                 seen_after = len(driver.outcomes)
                 wait_for(lambda: len(driver.outcomes) > seen_after + 100, 60, "traffic after swap")
                 driver.stop.set()
@@ -91,14 +96,14 @@ def test_cold_start_to_first_deployment_to_second_swap(tmp_path):
     versions = {v for _, v, _ in driver.outcomes if v}
     assert decisions["teacher"] > 0, decisions  # cold start: the teacher answers
     assert decisions["handled"] > 0, decisions  # coverage above 0 once a model is live
-    assert {"v0001", "v0002"} <= versions, versions
-    after_swap = [o for o in driver.outcomes[seen_after:] if o[1] == "v0002"]
+    assert {"v0001", second} <= versions, versions
+    after_swap = [o for o in driver.outcomes[seen_after:] if o[1] == second]
     assert after_swap and any(d == "handled" for d, _, _ in after_swap)
     handled = [agrees for d, _, agrees in driver.outcomes if d == "handled"]
     assert sum(handled) / len(handled) >= 0.85
-    assert re.search(r'tracer_model_info\{task="intents",version="v0002"\} 1\.0', metrics)
+    assert f'tracer_model_info{{task="intents",version="{second}"}} 1.0' in metrics
     assert 'version="v0001"' not in metrics
-    assert re.search(r'tracer_refits_total\{outcome="deployed",task="intents"\} 2\.0', metrics)
+    assert re.search(r'tracer_refits_total\{outcome="deployed",task="intents"\} [2-9]\.0', metrics)
     avoided = re.search(r'tracer_teacher_calls_avoided_total\{task="intents"\} (\S+)', metrics)
     assert avoided and float(avoided.group(1)) == decisions["handled"]
     assert re.search(r'tracer_model_calibration_agreement\{task="intents"\} 0\.\d+|1\.0', metrics)

@@ -17,7 +17,9 @@ MINILM = SHARED / "models" / "all-MiniLM-L6-v2-onnx-int8"
 NOWHERE = "http://127.0.0.1:9/v1"  # no teacher is called: traces are written directly
 
 
-async def add_traces(state: ProxyState, rows: list[tuple[str, str]]) -> None:
+async def add_traces(
+    state: ProxyState, rows: list[tuple[str, str]], source: str = "teacher"
+) -> None:
     for text, label in rows:
         state.record_trace(
             store.Trace(
@@ -27,6 +29,7 @@ async def add_traces(state: ProxyState, rows: list[tuple[str, str]]) -> None:
                 raw_output=label,
                 model="teacher",
                 latency_ms=1.0,
+                source=source,
             )
         )
     await state.writer.flush()
@@ -69,6 +72,56 @@ async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: P
         assert outcomes == {("deployed", 1.0), ("refused", 1.0), ("failed", 1.0)}
         last = await store.last_refit(state.engine, "intents")
         assert last is not None and last["outcome"] == "failed"
+    finally:
+        await state.stop()
+
+
+async def test_a_model_that_certifies_less_does_not_replace_the_served_one(tmp_path: Path):
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    task = state.config.tasks[0]
+    await state.start(refit=False)
+    try:
+        await add_traces(state, make_intents(800, seed=1))
+        assert (await state.refit_loop.refit(task)).outcome == "deployed"
+        served = state.models.get("intents")
+        assert served is not None and served.certified_coverage > 0.5
+
+        # New traces where the teacher flips a coin between two intents: a refit still
+        # passes the gate, but must leave that region to the teacher, so it certifies
+        # less coverage and must not be swapped in...
+        rng = random.Random(3)
+        labels = sorted({y for _, y in make_intents(200, seed=0)})
+        coin = [(x, rng.choice(labels[:2]) if y in labels[:2] else y)
+                for x, y in make_intents(1600, seed=4)]  # fmt: skip
+        await add_traces(state, coin)
+        worse = await state.refit_loop.refit(task)
+        assert worse.outcome == "not_better", worse
+        assert "v0001 stays" in (worse.reason or "")
+        assert state.models.store.current("intents") == "v0001"
+
+        # ...unless the served model has fallen back, when anything that passes is better.
+        state.fallbacks["intents"] = "drift"
+        swapped = await state.refit_loop.refit(task)
+        assert swapped.outcome == "deployed", swapped
+        assert state.models.store.current("intents") == swapped.version
+    finally:
+        await state.stop()
+
+
+async def test_deferred_traces_train_but_never_calibrate(tmp_path: Path):
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    await state.start(refit=False)
+    try:
+        await add_traces(state, make_intents(600, seed=1))
+        await add_traces(state, make_intents(900, seed=5)[600:], source="deferred")
+        result = await state.refit_loop.refit(state.config.tasks[0])
+        assert result.outcome == "deployed", result.reason
+        manifest = state.models.store.manifest("intents", "v0001")
+        assert manifest is not None
+        assert manifest["data"]["deferred_fit_only"] > 0
+        held = manifest["splits"]["calibration"] + manifest["splits"]["test"]
+        held += manifest["splits"]["validation"]
+        assert held <= manifest["data"]["representative"]
     finally:
         await state.stop()
 
