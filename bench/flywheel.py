@@ -32,6 +32,7 @@ from rich.console import Console  # noqa: E402
 from proxy.demo import Day, Settings, load_rows, percentile, run  # noqa: E402
 
 DATASET = REPO.parent / "shared" / "datasets" / "banking77"
+MINILM = REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2-onnx-int8"
 TARGET_COVERAGE, COVERAGE_BY_DAY, TARGET_AGREEMENT = 0.80, 4, 0.95
 
 
@@ -80,6 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--min-coverage", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the store and artifacts here")
+    p.add_argument(
+        "--embedder",
+        default=str(MINILM) if MINILM.is_dir() else "tfidf",
+        help="the task's embedder (default: the shared MiniLM encoder when present)",
+    )
     args = p.parse_args(argv)
     s = Settings(
         per_day=args.per_day,
@@ -88,9 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         concurrency=args.concurrency,
         target=args.target,
         min_coverage=args.min_coverage,
+        embedder=args.embedder,
     )
     rows = load_rows(args.data, s.per_day * s.days, args.seed)
-    print(f"{len(rows)} rows of {args.data}, {s.per_day} a day, alpha {s.target}")
+    print(f"{len(rows)} rows of {args.data}, {s.per_day} a day, alpha {s.target}, "
+          f"embedder {s.embedder}")  # fmt: skip
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tracer-flywheel-") as tmp:
         workdir = Path(args.workdir or tmp)

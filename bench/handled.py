@@ -10,10 +10,13 @@ teacher. Then, through HTTP with 32 concurrent requests:
 - deferred: the same inputs under a second task that has no model, so that every request
   goes to the teacher, which answers after ``--teacher-latency-ms`` (800 by default).
 
-Clients: the official openai client (``AsyncOpenAI``), and, clearly labelled, a lean
-aiohttp client, because the openai client's own CPU per request matters on a 2-core box.
-Reported per run: p50/p99 latency, requests per second, the proxy's CPU per request (from
-/proc) and the client process's CPU per request.
+Clients: the official openai client (``AsyncOpenAI``) on its default httpx transport and
+on its documented aiohttp transport (``DefaultAioHttpClient``), and, clearly labelled, a
+lean aiohttp client, because the client's own CPU per request matters on a 2-core box where
+client and proxy share the cores. At full concurrency the openai clients are also run from
+``--processes`` processes (32 concurrent requests in all), since one Python process caps
+the client's rate. Reported per run: p50/p99 latency, requests per second, the proxy's CPU
+per request (from /proc) and the clients' CPU per request.
 
     .venv/bin/python bench/handled.py
     .venv/bin/python bench/handled.py --artifacts /tmp/b77-artifacts --requests 5000
@@ -25,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import multiprocessing as mp
 import os
 import select
 import socket
@@ -35,6 +39,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -203,6 +208,21 @@ class OpenAIClient:
     def __init__(self, url: str) -> None:
         self.client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=60)
 
+
+class OpenAIAiohttpClient(OpenAIClient):
+    """The same client on its documented aiohttp transport: half the client CPU of httpx."""
+
+    name = "openai AsyncOpenAI + DefaultAioHttpClient"
+
+    def __init__(self, url: str) -> None:
+        self.client = openai.AsyncOpenAI(
+            base_url=url,
+            api_key="x",
+            max_retries=0,
+            timeout=60,
+            http_client=openai.DefaultAioHttpClient(),
+        )
+
     async def call(self, model: str, text: str) -> str:
         raw = await self.client.chat.completions.with_raw_response.create(
             model=model, messages=[{"role": "user", "content": text}]
@@ -232,6 +252,13 @@ class AiohttpClient:
 
     async def close(self) -> None:
         await self.session.close()
+
+
+CLIENTS: dict[str, type[OpenAIClient] | type[AiohttpClient]] = {
+    "openai": OpenAIClient,
+    "openai-aiohttp": OpenAIAiohttpClient,
+    "aiohttp": AiohttpClient,
+}
 
 
 async def drive(
@@ -269,7 +296,7 @@ async def measure(
     name: str, kind: str, url: str, pid: int, model: str, texts: Sequence[str], n: int,
     warmup: int, concurrency: int,
 ) -> Run:  # fmt: skip
-    client = OpenAIClient(url) if kind == "openai" else AiohttpClient(url)
+    client = CLIENTS[kind](url)
     try:
         await drive(client, model, texts, warmup, concurrency)
         proxy_cpu, client_cpu = cpu_seconds(pid), time.process_time()
@@ -279,6 +306,64 @@ async def measure(
         await client.close()
     return Run(
         name, client.name, concurrency, latencies, decisions, wall, proxy_cpu, client_cpu, errors
+    )
+
+
+def _client_process(
+    kind: str, url: str, model: str, texts: Sequence[str], n: int, warmup: int,
+    concurrency: int, barrier: Any, results: Any,
+) -> None:  # fmt: skip
+    """One client process: warm up, wait for the others, then measure its share."""
+
+    async def go() -> tuple[list[float], dict[str, int], int, float, float]:
+        client = CLIENTS[kind](url)
+        try:
+            await drive(client, model, texts, warmup, concurrency)
+            await asyncio.to_thread(barrier.wait)
+            cpu = time.process_time()
+            latencies, decisions, errors, wall = await drive(client, model, texts, n, concurrency)
+            return latencies, decisions, errors, wall, time.process_time() - cpu
+        finally:
+            await client.close()
+
+    results.put(asyncio.run(go()))
+
+
+def measure_in_processes(
+    name: str, kind: str, url: str, pid: int, model: str, texts: Sequence[str], n: int,
+    warmup: int, concurrency: int, processes: int,
+) -> Run:  # fmt: skip
+    """The same client in several processes, sharing the concurrency and the requests."""
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(processes + 1), ctx.Queue()
+    share = [texts[i::processes] for i in range(processes)]
+    each = (n // processes, warmup // processes, concurrency // processes, barrier, results)
+    procs = [
+        ctx.Process(target=_client_process, args=(kind, url, model, share[i], *each))
+        for i in range(processes)
+    ]
+    for proc in procs:
+        proc.start()
+    barrier.wait()
+    proxy_cpu, started = cpu_seconds(pid), time.perf_counter()
+    parts = [results.get(timeout=600) for _ in procs]
+    wall, proxy_cpu = time.perf_counter() - started, cpu_seconds(pid) - proxy_cpu
+    for proc in procs:
+        proc.join()
+    decisions: dict[str, int] = {}
+    for part in parts:
+        for key, count in part[1].items():
+            decisions[key] = decisions.get(key, 0) + count
+    return Run(
+        name,
+        f"{CLIENTS[kind].name} in {processes} processes",
+        concurrency,
+        [x for part in parts for x in part[0]],
+        decisions,
+        wall,
+        proxy_cpu,
+        sum(part[4] for part in parts),
+        sum(part[2] for part in parts),
     )
 
 
@@ -309,7 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="handled requests one at a time, for latency without queueing")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--teacher-latency-ms", type=float, default=800.0)
-    p.add_argument("--clients", default="openai,aiohttp")
+    p.add_argument("--clients", default="openai,openai-aiohttp,aiohttp")
+    p.add_argument("--processes", type=int, default=2,
+                   help="also run the openai clients at full concurrency from this many "
+                   "processes (0: do not)")  # fmt: skip
     args = p.parse_args(argv)
 
     from training.datasets import load_labelled
@@ -344,6 +432,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )  # fmt: skip
                     print(run.row(), flush=True)
                     runs.append(run)
+                for kind in args.clients.split(",") if args.processes > 1 else []:
+                    if kind.startswith("openai"):
+                        run = measure_in_processes(
+                            "handled", kind, url, pid, HANDLED_TASK, handled, args.requests,
+                            args.warmup, args.concurrency, args.processes,
+                        )  # fmt: skip
+                        print(run.row(), flush=True)
+                        runs.append(run)
                 for kind in args.clients.split(","):
                     run = asyncio.run(
                         measure("handled", kind, url, pid, HANDLED_TASK, handled,

@@ -58,6 +58,7 @@ class Settings:
     target: float = 0.95
     confidence: float = 0.95
     min_coverage: float = 0.1
+    embedder: str = "tfidf"  # or an encoder folder, or "tfidf+FOLDER" (tasks[].embedder)
     port: int = 0
     timeout_s: float = 60.0
 
@@ -176,6 +177,7 @@ def demo_config(teacher_url: str, workdir: Path, labels: Sequence[str], s: Setti
                 "target": s.target,
                 "confidence": s.confidence,
                 "min_coverage": s.min_coverage,
+                "embedder": s.embedder,
             }
         ],
         "server": {"port": s.port},
@@ -454,6 +456,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="alpha: agreement with the teacher on handled traffic")  # fmt: skip
     p.add_argument("--min-coverage", type=float, default=0.1,
                    help="the gate refuses a model below this coverage (default 0.1)")  # fmt: skip
+    p.add_argument("--embedder", default="tfidf",
+                   help="tfidf (default), an encoder folder with model.onnx and "
+                   "tokenizer.json, or tfidf+FOLDER")  # fmt: skip
     p.add_argument("--port", type=int, default=0, help="the proxy's port (default: a free one)")
     p.add_argument("--workdir", help="keep the store and artifacts here (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0, help="shuffles the data (default 0)")
@@ -549,6 +554,7 @@ def demo_command(argv: Sequence[str]) -> int:
         concurrency=args.concurrency,
         target=args.target,
         min_coverage=args.min_coverage,
+        embedder=args.embedder,
         port=args.port,
     )
     for name in ("tracer", "LiteLLM", "litellm"):
