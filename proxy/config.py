@@ -127,6 +127,11 @@ class TaskConfig(_Strict):
     target: float = Field(default=0.95, gt=0, lt=1)
     confidence: float = Field(default=0.95, gt=0, lt=1)
     min_coverage: float = Field(default=0.2, ge=0, le=1)
+    horizon: int = Field(
+        default=0,
+        ge=0,
+        description="0: target is promised on average; N: on the next N handled requests",
+    )
     audit_rate: float = Field(default=0.02, ge=0, le=1)
     embedder: str = Field(
         default="tfidf",

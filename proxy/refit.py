@@ -129,6 +129,7 @@ class RefitLoop:
             "target": task.target,
             "confidence": task.confidence,
             "min_coverage": task.min_coverage,
+            "horizon": task.horizon,
             "labels": task.labels,
             "embedder": task.embedder,
             "task": task.name,

@@ -12,8 +12,9 @@ The sequence starts at the first grid threshold that accepts at least
 `min_testable` even perfect agreement cannot reach alpha, and among the few
 most confident inputs a single disagreement (a teacher's slip, say) would end
 the sequence at a useless coverage. The fit passes `start_count` = half the
-larger of the minimum coverage and the coverage certified on the validation
-split, which is independent of calibration. (The start depends on
+largest of the minimum coverage and the coverages certified and reached
+empirically at alpha on the validation split, which is independent of
+calibration. (The start depends on
 calibration counts only, not on agreement; the repeated-split check in
 docs/benchmarks.md measures the guarantee empirically.)
 """
@@ -24,7 +25,7 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import beta
+from scipy.stats import beta, binom
 
 
 def clopper_pearson_lower(k: int | np.ndarray, n: int | np.ndarray, delta: float) -> np.ndarray:
@@ -122,6 +123,31 @@ def calibrate(
         best_agr,
         overall,
     )
+
+
+def batch_target(alpha: float, delta: float, horizon: int) -> tuple[float, float]:
+    """(alpha', delta') that make alpha hold on the next `horizon` handled inputs.
+
+    Certifying the population agreement p >= alpha still leaves any finite batch
+    of handled inputs below alpha about half the time when p sits at alpha. To
+    promise "at least alpha on a batch of `horizon`" with probability 1 - delta,
+    split delta in two: certify p >= alpha' at delta / 2, where alpha' is the
+    smallest rate whose batch of `horizon` falls below alpha with probability at
+    most delta / 2 (binomial tail; a union bound over the two failures).
+    `horizon` 0 keeps the population promise: (alpha, delta).
+    """
+    if horizon <= 0:
+        return alpha, delta
+    half = delta / 2.0
+    need = math.ceil(alpha * horizon - 1e-9)  # agreements the batch needs
+    lo, hi = alpha, 1.0
+    for _ in range(60):  # bisection: binom.cdf(need - 1, horizon, p) falls as p grows
+        mid = (lo + hi) / 2.0
+        if binom.cdf(need - 1, horizon, mid) <= half:
+            hi = mid
+        else:
+            lo = mid
+    return hi, half
 
 
 def start_count_for(n: int, min_coverage: float) -> int:

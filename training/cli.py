@@ -57,6 +57,13 @@ def fit_command(argv: Sequence[str]) -> int:
         help="refuse below this calibrated coverage (default 0.2)",
     )
     p.add_argument(
+        "--horizon",
+        type=int,
+        default=defaults.horizon,
+        help="promise the target on the next N handled inputs rather than on average "
+        "(default 0: on average); costs coverage",
+    )
+    p.add_argument(
         "--embedder",
         default=defaults.embedder,
         help="tfidf | PATH to an encoder folder | tfidf+PATH (default tfidf)",
@@ -101,6 +108,7 @@ def fit_command(argv: Sequence[str]) -> int:
         target=args.target,
         confidence=args.confidence,
         min_coverage=args.min_coverage,
+        horizon=args.horizon,
         embedder=args.embedder,
         encoder_weight=args.encoder_weight,
         seed=args.seed,

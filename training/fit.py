@@ -40,7 +40,13 @@ from router.manifest import (
 from router.pipeline import Pipeline
 from router.text import normalize_text
 from training.acceptors import cross_fit_scores, fit_learned, learned_to_onnx
-from training.bound import Calibration, calibrate, min_testable, start_count_for
+from training.bound import (
+    Calibration,
+    batch_target,
+    calibrate,
+    min_testable,
+    start_count_for,
+)
 from training.candidates import Candidate, Reducer, default_candidates
 from training.clusters import clusters_onnx, fit_clusters
 from training.embedders import (
@@ -63,6 +69,7 @@ class FitOptions:
     target: float = 0.95  # alpha: agreement with the teacher on handled traffic
     confidence: float = 0.95  # 1 - delta
     min_coverage: float = 0.2  # the gate refuses below this calibrated coverage
+    horizon: int = 0  # >0: promise alpha on the next `horizon` handled inputs, not on average
     embedder: str = "tfidf"  # "tfidf" | encoder folder | "tfidf+FOLDER"
     encoder_weight: float = 2.0  # scale of the encoder block when joined with TF-IDF
     seed: int = 0
@@ -257,7 +264,10 @@ def fit(
 def _run(
     traces_in: Any, tmp: Path, opts: FitOptions, manifest: dict[str, Any], progress: Progress
 ) -> None:
-    alpha, delta = opts.target, opts.delta
+    # What is certified: alpha itself, or a stricter rate that keeps a batch of
+    # `horizon` handled inputs at alpha (training/bound.py).
+    alpha, delta = batch_target(opts.target, opts.delta, opts.horizon)
+    manifest["certified"] = {"alpha": alpha, "delta": delta, "horizon": opts.horizon}
     with progress.stage("load and clean traces"):
         raw = _as_traces(traces_in)
         traces, stats = clean_traces(raw, opts.labels)
@@ -503,8 +513,12 @@ def _run(
         cal_correct = s.label_index == y[cal_idx]
         cal_scores = np.where(s.ood, -np.inf, s.accept_score)
         # Start where validation (independent of calibration) says coverage is
-        # safely reachable: half its certified coverage, at least half the minimum.
-        val_cov = max(r["coverage"] for r in rows if (r["candidate"], r["acceptor"]) == chosen)
+        # reachable: half of it (certified or empirical), at least half the minimum.
+        val_cov = max(
+            max(r["coverage"], r["best_empirical_coverage"])
+            for r in rows
+            if (r["candidate"], r["acceptor"]) == chosen
+        )
         start = start_count_for(len(cal_scores), max(opts.min_coverage, val_cov))
         cal = calibrate(cal_scores, cal_correct, alpha, delta, start_count=start)
         manifest["calibration_start_count"] = start
@@ -569,6 +583,9 @@ def _shares_of_sampled(
 
 
 def _gate(cal: Calibration, opts: FitOptions, manifest: dict[str, Any]) -> None:
+    promise = f"agreement >= {opts.target}" + (
+        f" on the next {opts.horizon} handled inputs" if opts.horizon > 0 else ""
+    )
     figures = {
         "best_certified_coverage": cal.coverage,
         "best_certified_agreement": cal.agreement,
@@ -581,7 +598,7 @@ def _gate(cal: Calibration, opts: FitOptions, manifest: dict[str, Any]) -> None:
     if cal.threshold is None:
         raise _Refusal(
             "no_threshold",
-            f"no threshold certifies agreement >= {opts.target} at confidence "
+            f"no threshold certifies {promise} at confidence "
             f"{opts.confidence} on {cal.n} calibration traces (overall agreement "
             f"{cal.overall_agreement:.3f}; best empirical coverage at alpha "
             f"{cal.best_empirical_coverage:.3f})",
@@ -590,7 +607,7 @@ def _gate(cal: Calibration, opts: FitOptions, manifest: dict[str, Any]) -> None:
     if cal.coverage < opts.min_coverage:
         raise _Refusal(
             "coverage_below_minimum",
-            f"certified coverage {cal.coverage:.3f} at agreement >= {opts.target} is below "
+            f"certified coverage {cal.coverage:.3f} at {promise} is below "
             f"the minimum {opts.min_coverage}",
             **figures,
         )

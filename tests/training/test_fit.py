@@ -159,3 +159,17 @@ def test_source_round_trips_and_a_sampled_duplicate_wins(tmp_path: Path) -> None
     assert [t.source for t in loaded] == ["deferred", "teacher", "teacher"]
     kept, _ = clean_traces([Trace("Same  text", "x", "deferred"), Trace("same text", "x", "audit")])
     assert [(t.label, t.source) for t in kept] == [("x", "audit")]
+
+
+def test_horizon_certifies_a_stricter_rate(tmp_path: Path) -> None:
+    data = separable(150, seed=8)
+    plain = fit(data, tmp_path / "plain", **FAST, target=0.9).manifest
+    batch = fit(data, tmp_path / "batch", **FAST, target=0.9, horizon=500).manifest
+    assert plain["certified"] == {"alpha": 0.9, "delta": pytest.approx(0.05), "horizon": 0}
+    assert batch["certified"]["alpha"] > 0.92
+    assert batch["certified"]["delta"] == pytest.approx(0.025)
+    if batch["status"] == "deployed":
+        assert batch["calibration"]["lower_bound"] >= batch["certified"]["alpha"]
+        assert batch["calibration"]["coverage"] <= plain["calibration"]["coverage"]
+    else:
+        assert "on the next 500 handled inputs" in batch["refusal"]["reason"]

@@ -2,8 +2,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 
-from training.bound import calibrate, clopper_pearson_lower, min_testable, threshold_grid
+from training.bound import (
+    batch_target,
+    calibrate,
+    clopper_pearson_lower,
+    min_testable,
+    threshold_grid,
+)
 from training.splits import stratified_split
 
 FRACTIONS = {"fit": 0.6, "validation": 0.15, "calibration": 0.15, "test": 0.1}
@@ -78,3 +85,17 @@ def test_bound_holds_over_repeated_calibrations() -> None:
         true_agreement = big_p[big >= cal.threshold].mean()
         failures += true_agreement < alpha
     assert failures / runs <= delta + 0.05
+
+
+def test_batch_target_keeps_a_batch_at_alpha() -> None:
+    assert batch_target(0.95, 0.05, 0) == (0.95, 0.05)
+    alpha, delta = batch_target(0.95, 0.05, 1000)
+    assert delta == 0.025 and 0.955 < alpha < 0.97
+    need = 950  # agreements a batch of 1000 needs
+    assert binom.cdf(need - 1, 1000, alpha) <= 0.025 < binom.cdf(need - 1, 1000, alpha - 1e-3)
+    # Longer batches vary less, so they need less margin.
+    assert batch_target(0.95, 0.05, 5000)[0] < alpha
+    # Simulated: batches drawn at the certified rate fall below 0.95 at most delta/2 of the time.
+    rng = np.random.default_rng(0)
+    below = (rng.binomial(1000, alpha, size=20000) < need).mean()
+    assert below <= 0.025 + 0.005
