@@ -82,6 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", help="keep the store and artifacts here")
     p.add_argument(
+        "--horizon",
+        type=int,
+        default=1500,
+        help="tasks[].horizon: promise alpha on the next N handled requests (about a "
+        "day's handled traffic; 0: on average)",
+    )
+    p.add_argument(
         "--embedder",
         default=str(MINILM) if MINILM.is_dir() else "tfidf",
         help="the task's embedder (default: the shared MiniLM encoder when present)",
@@ -95,10 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         target=args.target,
         min_coverage=args.min_coverage,
         embedder=args.embedder,
+        horizon=args.horizon,
     )
     rows = load_rows(args.data, s.per_day * s.days, args.seed)
     print(f"{len(rows)} rows of {args.data}, {s.per_day} a day, alpha {s.target}, "
-          f"embedder {s.embedder}")  # fmt: skip
+          f"embedder {s.embedder}, horizon {s.horizon}")  # fmt: skip
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tracer-flywheel-") as tmp:
         workdir = Path(args.workdir or tmp)

@@ -58,6 +58,7 @@ class Settings:
     target: float = 0.95
     confidence: float = 0.95
     min_coverage: float = 0.1
+    horizon: int = 0  # tasks[].horizon: promise the target on batches of this many
     embedder: str = "tfidf"  # or an encoder folder, or "tfidf+FOLDER" (tasks[].embedder)
     port: int = 0
     timeout_s: float = 60.0
@@ -178,6 +179,7 @@ def demo_config(teacher_url: str, workdir: Path, labels: Sequence[str], s: Setti
                 "confidence": s.confidence,
                 "min_coverage": s.min_coverage,
                 "embedder": s.embedder,
+                "horizon": s.horizon,
             }
         ],
         "server": {"port": s.port},
@@ -459,6 +461,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--embedder", default="tfidf",
                    help="tfidf (default), an encoder folder with model.onnx and "
                    "tokenizer.json, or tfidf+FOLDER")  # fmt: skip
+    p.add_argument("--horizon", type=int, default=0,
+                   help="promise the target on the next N handled requests (default 0: "
+                   "on average)")  # fmt: skip
     p.add_argument("--port", type=int, default=0, help="the proxy's port (default: a free one)")
     p.add_argument("--workdir", help="keep the store and artifacts here (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0, help="shuffles the data (default 0)")
@@ -555,6 +560,7 @@ def demo_command(argv: Sequence[str]) -> int:
         target=args.target,
         min_coverage=args.min_coverage,
         embedder=args.embedder,
+        horizon=args.horizon,
         port=args.port,
     )
     for name in ("tracer", "LiteLLM", "litellm"):
