@@ -126,17 +126,18 @@ class LiveModel:
     router: Router
     inline: bool
 
-    @property
-    def calibration_agreement(self) -> float | None:
+    def _calibration(self, key: str) -> float | None:
         cal = self.router.manifest.get("calibration")
-        value = cal.get("agreement") if isinstance(cal, dict) else None
+        value = cal.get(key) if isinstance(cal, dict) else None
         return float(value) if isinstance(value, int | float) else None
 
     @property
+    def calibration_agreement(self) -> float | None:
+        return self._calibration("agreement")
+
+    @property
     def certified_coverage(self) -> float:
-        cal = self.router.manifest.get("calibration")
-        value = cal.get("coverage") if isinstance(cal, dict) else None
-        return float(value) if isinstance(value, int | float) else 0.0
+        return self._calibration("coverage") or 0.0
 
     async def predict(self, text: str) -> Decision:
         if self.inline:

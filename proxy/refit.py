@@ -141,10 +141,10 @@ class RefitLoop:
         )
         traces_path.unlink(missing_ok=True)
         manifest = self.store.manifest(task.name, version)
-        worse = self._worse_than_served(task.name, manifest)
-        if code == 0 and manifest is not None and manifest.get("status") == "deployed" and worse:
+        passed = code == 0 and manifest is not None and manifest.get("status") == "deployed"
+        if passed and (worse := self._worse_than_served(task.name, manifest)):
             result = RefitOutcome("not_better", version, worse)
-        elif code == 0 and manifest is not None and manifest.get("status") == "deployed":
+        elif passed:
             try:
                 await asyncio.to_thread(self.store.set_current, task.name, version)
                 await asyncio.to_thread(self.models.refresh_task, task.name)
