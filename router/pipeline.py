@@ -1,7 +1,9 @@
-"""Scoring pipeline of an artifact: embed, classify, OOD check, acceptor.
+"""Scoring pipeline of an artifact: embed, classify, OOD check, acceptor, cluster.
 
 `Pipeline` needs no threshold, so the trainer can score calibration data
-through exactly the code that will serve; `Router` adds the threshold.
+through exactly the code that will serve; `Router` adds the threshold. The
+stages after the embedder (and a TF-IDF embedder too) run as one stitched
+ONNX graph (`router.fused`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
-from router.acceptor import ACCEPTOR_FEATURES, acceptor_features, simple_score
+from router.acceptor import ACCEPTOR_FEATURES
 from router.encoder import SentenceEncoder
 from router.errors import ArtifactError
+from router.fused import OUTPUTS, stitch
 from router.text import normalize_text
 
 
@@ -32,15 +36,36 @@ class Scores:
     cluster: np.ndarray  # [N] int, -1 when the artifact ships no clusters
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
+def _session(model: Path | bytes, threads: int, name: str = "") -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    source = str(model) if isinstance(model, Path) else model
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise ArtifactError(f"cannot load ONNX model {path.name}: {exc}") from exc
+        what = model.name if isinstance(model, Path) else name
+        raise ArtifactError(f"cannot load ONNX model {what}: {exc}") from exc
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path))
+    except Exception as exc:  # protobuf's decode errors have no common base
+        raise ArtifactError(f"cannot read ONNX model {path.name}: {exc}") from exc
+
+
+def _rename_output(model: onnx.ModelProto, name: str, to: str) -> None:
+    """Give a stage's output the name the stitched graph expects."""
+    if name == to:
+        return
+    if name not in {o.name for o in model.graph.output}:
+        raise ArtifactError(f"model has no output {name!r}")
+    model.graph.node.append(onnx.helper.make_node("Identity", [name], [to]))
+    for out in model.graph.output:
+        if out.name == name:
+            out.name = to
 
 
 def _require(section: dict[str, Any], key: str, where: str) -> Any:
@@ -59,10 +84,12 @@ class Pipeline:
             raise ArtifactError("manifest label list is empty or has duplicates")
         embedder = _require(manifest, "embedder", "root")
         self._parts: list[tuple[str, Any, float]] = []
+        text_file = None
         for part in _require(embedder, "parts", "embedder"):
             kind = _require(part, "kind", "embedder part")
             if kind == "tfidf":
-                sess = _session(directory / part["file"], threads)
+                text_file = directory / _require(part, "file", "embedder part")
+                sess = _session(text_file, threads)
                 self._parts.append(("tfidf", sess, float(part.get("weight", 1.0))))
             elif kind == "encoder":
                 enc = SentenceEncoder(
@@ -76,34 +103,54 @@ class Pipeline:
                 raise ArtifactError(f"unknown embedder kind {kind!r}")
         self.feature_dim = int(_require(embedder, "dim", "embedder"))
         clf = _require(manifest, "classifier", "root")
-        self._clf = _session(directory / _require(clf, "file", "classifier"), threads)
-        self._clf_input = self._clf.get_inputs()[0].name
-        self._clf_output = str(clf.get("output", "probabilities"))
+        head = _load(directory / _require(clf, "file", "classifier"))
         ood = manifest.get("ood")
-        self._ood_output = str(ood.get("output", "similarity")) if ood else None
         self.ood_min_similarity = float(ood["min_similarity"]) if ood else float("-inf")
-        self._outputs = [self._clf_output] + ([self._ood_output] if self._ood_output else [])
+        _rename_output(head, str(clf.get("output", "probabilities")), "probabilities")
+        if ood:
+            _rename_output(head, str(ood.get("output", "similarity")), "similarity")
+        else:  # no OOD check: the acceptor was fitted on a similarity of 1
+            kept = [o for o in head.graph.output if o.name != "similarity"]
+            del head.graph.output[:]
+            head.graph.output.extend(kept)
         acc = _require(manifest, "acceptor", "root")
         self.acceptor_kind = str(_require(acc, "kind", "acceptor"))
-        self._acc = None
+        acceptor = None
         if self.acceptor_kind == "learned":
-            self._acc = _session(directory / _require(acc, "file", "acceptor"), threads)
-            self._acc_output = str(acc.get("output", "probabilities"))
+            acceptor = _load(directory / _require(acc, "file", "acceptor"))
             if list(acc.get("features", ACCEPTOR_FEATURES)) != list(ACCEPTOR_FEATURES):
                 raise ArtifactError("learned acceptor was built for other features")
         elif self.acceptor_kind not in {"max_prob", "margin"}:
             raise ArtifactError(f"unknown acceptor kind {self.acceptor_kind!r}")
         clusters = manifest.get("clusters")
-        self._clusters = None
+        cluster_model = None
         self.cluster_names: list[str] = []
         if clusters:
-            self._clusters = _session(directory / _require(clusters, "file", "clusters"), threads)
+            cluster_model = _load(directory / _require(clusters, "file", "clusters"))
             self.cluster_names = [str(n) for n in _require(clusters, "names", "clusters")]
+        # A lone TF-IDF part joins the graph: text in, scores out, one call a batch.
+        kind, _, weight = self._parts[0]
+        self._text_in = len(self._parts) == 1 and kind == "tfidf" and weight == 1.0
+        text_model = _load(text_file) if self._text_in and text_file is not None else None
+        try:
+            scoring = stitch(
+                head,
+                len(self.labels),
+                self.acceptor_kind,
+                text_model=text_model,
+                acceptor=acceptor,
+                acceptor_output=str(acc.get("output", "probabilities")),
+                clusters=cluster_model,
+            )
+        except (ValueError, onnx.checker.ValidationError, IndexError) as exc:
+            raise ArtifactError(f"artifact stages do not fit together: {exc}") from exc
+        self._scorer = _session(scoring.SerializeToString(), threads, "scoring graph")
         self._check_shapes()
 
     def _check_shapes(self) -> None:
         """Run a probe input: dimensions must match the manifest."""
         try:
+            self.embed(["probe"])
             scores = self.score(["probe"])
         except ArtifactError:
             raise
@@ -140,26 +187,21 @@ class Pipeline:
                 for i in range(0, len(texts), batch_size)
             ]
             return Scores(*(np.concatenate([getattr(p, f) for p in parts]) for f in _FIELDS))
-        feats = self.embed(texts)
-        outs = self._clf.run(self._outputs, {self._clf_input: feats})
-        probs = np.asarray(outs[0], dtype=np.float32).reshape(len(texts), -1)
-        if self._ood_output is not None:
-            sim = np.asarray(outs[1], dtype=np.float32).reshape(len(texts))
+        if self._text_in:
+            feed = {"text": np.array([normalize_text(t) for t in texts], dtype=object)}
+            feed["text"] = feed["text"].reshape(-1, 1)
         else:
-            sim = np.ones(len(texts), dtype=np.float32)
-        ood = sim < self.ood_min_similarity
-        feats_acc = acceptor_features(probs, sim)
-        if self._acc is not None:
-            out = self._acc.run([self._acc_output], {self._acc.get_inputs()[0].name: feats_acc})
-            accept = np.asarray(out[0], dtype=np.float64).reshape(len(texts), -1)[:, -1]
-        else:
-            accept = simple_score(self.acceptor_kind, feats_acc)
-        if self._clusters is not None:
-            name = self._clusters.get_inputs()[0].name
-            cluster = np.asarray(self._clusters.run(None, {name: feats})[0], dtype=np.int64)
-        else:
-            cluster = np.full(len(texts), -1, dtype=np.int64)
-        return Scores(probs.argmax(axis=1), probs, sim, ood, accept, cluster)
+            feed = {"features": self.embed(texts)}
+        probs, sim, accept, cluster = self._scorer.run(list(OUTPUTS), feed)
+        sim = np.asarray(sim, dtype=np.float32).reshape(len(texts))
+        return Scores(
+            label_index=probs.argmax(axis=1),
+            probabilities=np.asarray(probs, dtype=np.float32).reshape(len(texts), -1),
+            ood_similarity=sim,
+            ood=sim < self.ood_min_similarity,
+            accept_score=np.asarray(accept, dtype=np.float64).reshape(len(texts)),
+            cluster=np.asarray(cluster, dtype=np.int64).reshape(len(texts)),
+        )
 
 
 _FIELDS = ("label_index", "probabilities", "ood_similarity", "ood", "accept_score", "cluster")

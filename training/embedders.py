@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 import scipy.sparse as sp
+from onnx import helper, numpy_helper
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.pipeline import FeatureUnion
 
@@ -90,15 +91,44 @@ class TfidfEmbedder:
         with warnings.catch_warnings():
             # skl2onnx warns that analyzer='char' "may not work"; parity is checked instead.
             warnings.simplefilter("ignore")
-            return convert_sklearn(
+            model = convert_sklearn(
                 self.union,
                 initial_types=[("text", StringTensorType([None, 1]))],
                 options=options,
                 target_opset={"": 17, "ai.onnx.ml": 3},
             )
+        return standard_l2_normalizers(model)
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "tfidf", "dim": self.dim, "weight": self.weight, "params": self.params}
+
+
+def standard_l2_normalizers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Replace ai.onnx.ml Normalizer(L2) nodes by ReduceL2 / Max / Div.
+
+    onnxruntime's Normalizer kernel takes about twice as long as the three
+    standard ops on a wide TF-IDF row; the result is the same (an all-zero row
+    stays zero).
+    """
+    graph = model.graph
+    nodes: list[onnx.NodeProto] = []
+    eps = "l2_eps"
+    for node in graph.node:
+        norm = next((a.s for a in node.attribute if a.name == "norm"), b"")
+        if node.op_type != "Normalizer" or node.domain != "ai.onnx.ml" or norm != b"L2":
+            nodes.append(node)
+            continue
+        x, out = node.input[0], node.output[0]
+        nodes += [
+            helper.make_node("ReduceL2", [x], [f"{out}_l2"], axes=[1], keepdims=1),
+            helper.make_node("Max", [f"{out}_l2", eps], [f"{out}_l2safe"]),
+            helper.make_node("Div", [x, f"{out}_l2safe"], [out]),
+        ]
+    if len(nodes) != len(graph.node):
+        graph.initializer.append(numpy_helper.from_array(np.array(1e-30, np.float32), eps))
+        del graph.node[:]
+        graph.node.extend(nodes)
+    return model
 
 
 class EncoderEmbedder:

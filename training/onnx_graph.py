@@ -23,7 +23,10 @@ def _const(name: str, value: np.ndarray) -> onnx.TensorProto:
 
 
 def _sparse_matmul(x: str, w: str, out: str, m: int) -> tuple[list[onnx.NodeProto], list]:
-    """out[N, m] = x[N, D] @ w[D, m], touching only the non-zero entries of x."""
+    """out[N, m] = x[N, D] @ w[D, m], touching only the non-zero entries of x.
+
+    Also gives f"{out}_rownorm" [N, 1], the rows' L2 norms, for the OOD cosine.
+    """
     nodes = [
         helper.make_node("NonZero", [x], ["sm_nz"]),
         helper.make_node("Transpose", ["sm_nz"], ["sm_nzT"], perm=[1, 0]),
@@ -33,9 +36,12 @@ def _sparse_matmul(x: str, w: str, out: str, m: int) -> tuple[list[onnx.NodeProt
         helper.make_node("Gather", [w, "sm_cols"], ["sm_wr"], axis=0),
         helper.make_node("Unsqueeze", ["sm_vals", "sm_a1"], ["sm_vals2"]),
         helper.make_node("Mul", ["sm_wr", "sm_vals2"], ["sm_contrib"]),
+        # one more column carries the squared values: their row sums give the rows' norms
+        helper.make_node("Mul", ["sm_vals2", "sm_vals2"], ["sm_sq"]),
+        helper.make_node("Concat", ["sm_contrib", "sm_sq"], ["sm_contrib_sq"], axis=1),
         helper.make_node("Shape", [x], ["sm_xs"]),
         helper.make_node("Slice", ["sm_xs", "sm_a0", "sm_a1"], ["sm_n"]),
-        helper.make_node("Concat", ["sm_n", "sm_m"], ["sm_shape"], axis=0),
+        helper.make_node("Concat", ["sm_n", "sm_m1"], ["sm_shape"], axis=0),
         helper.make_node(
             "ConstantOfShape",
             ["sm_shape"],
@@ -44,8 +50,11 @@ def _sparse_matmul(x: str, w: str, out: str, m: int) -> tuple[list[onnx.NodeProt
         ),
         helper.make_node("Unsqueeze", ["sm_rows", "sm_a1"], ["sm_rows2"]),
         helper.make_node(
-            "ScatterND", ["sm_zeros", "sm_rows2", "sm_contrib"], [out], reduction="add"
+            "ScatterND", ["sm_zeros", "sm_rows2", "sm_contrib_sq"], ["sm_sums"], reduction="add"
         ),
+        helper.make_node("Slice", ["sm_sums", "sm_a0", "sm_m", "sm_a1"], [out]),
+        helper.make_node("Slice", ["sm_sums", "sm_m", "sm_m1", "sm_a1"], ["sm_sumsq"]),
+        helper.make_node("Sqrt", ["sm_sumsq"], [f"{out}_rownorm"]),
     ]
     inits = [
         _const("sm_i0", np.array(0, np.int64)),
@@ -53,6 +62,7 @@ def _sparse_matmul(x: str, w: str, out: str, m: int) -> tuple[list[onnx.NodeProt
         _const("sm_a0", np.array([0], np.int64)),
         _const("sm_a1", np.array([1], np.int64)),
         _const("sm_m", np.array([m], np.int64)),
+        _const("sm_m1", np.array([m + 1], np.int64)),
     ]
     return nodes, inits
 
@@ -119,8 +129,11 @@ def build_head(
         nodes.append(helper.make_node("Identity", ["h_probabilities"], ["probabilities"]))
     if centroids is not None:
         ood_x = "features"
+        xnorm = "xnorm"
         if fused_ood:
             nodes.append(helper.make_node("Slice", ["proj", "c_r", "c_m", "c_axis1"], ["dots"]))
+            if sparse:
+                xnorm = "proj_rownorm"
         else:
             assert ood_block is not None
             inits += [
@@ -133,9 +146,10 @@ def build_head(
                 helper.make_node("Slice", ["features", "ood_start", "ood_end", "c_axis1"], [ood_x]),
                 helper.make_node("MatMul", [ood_x, "ood_centroids_T"], ["dots"]),
             ]
+        if xnorm == "xnorm":
+            nodes.append(helper.make_node("ReduceL2", [ood_x], ["xnorm"], axes=[1], keepdims=1))
         nodes += [
-            helper.make_node("ReduceL2", [ood_x], ["xnorm"], axes=[1], keepdims=1),
-            helper.make_node("Max", ["xnorm", "eps"], ["xnorm_safe"]),
+            helper.make_node("Max", [xnorm, "eps"], ["xnorm_safe"]),
             helper.make_node("Div", ["dots", "xnorm_safe"], ["cos"]),
             helper.make_node("ReduceMax", ["cos"], ["similarity"], axes=[1], keepdims=0),
         ]
