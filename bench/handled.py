@@ -16,7 +16,9 @@ lean aiohttp client, because the client's own CPU per request matters on a 2-cor
 client and proxy share the cores. At full concurrency the openai clients are also run from
 ``--processes`` processes (32 concurrent requests in all), since one Python process caps
 the client's rate. Reported per run: p50/p99 latency, requests per second, the proxy's CPU
-per request (from /proc) and the clients' CPU per request.
+per request (from /proc) and the clients' CPU per request. One at a time, each client is
+also run against a bare uvicorn app that returns a recorded handled reply: the floor of
+client and HTTP, so that what the proxy adds to a request's latency can be read off.
 
     .venv/bin/python bench/handled.py
     .venv/bin/python bench/handled.py --artifacts /tmp/b77-artifacts --requests 5000
@@ -122,6 +124,56 @@ def proxy(config: Path, log: Path) -> Iterator[tuple[str, int]]:
         yield f"{base}/v1", proc.pid
     finally:
         stop(proc)
+
+
+@contextlib.contextmanager
+def canned(reply: Path, log: Path) -> Iterator[tuple[str, int]]:
+    """A bare uvicorn app that returns one recorded proxy reply: the client's and HTTP's floor."""
+    port = free_port()
+    cmd = [sys.executable, __file__, "--canned-reply", str(reply), "--canned-port", str(port)]
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=out, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"canned server did not start:\n{log.read_text()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(base, timeout=1)
+                break
+            time.sleep(0.1)
+        yield f"{base}/v1", proc.pid
+    finally:
+        stop(proc)
+
+
+def serve_canned(reply: Path, port: int) -> None:
+    import uvicorn
+
+    recorded = json.loads(reply.read_text(encoding="utf-8"))
+    body = recorded["body"].encode()
+    headers = [(k.encode(), v.encode()) for k, v in recorded["headers"].items()]
+    headers.append((b"content-length", str(len(body)).encode()))
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def record_reply(url: str, text: str, path: Path) -> None:
+    """One handled reply of the proxy, body and headers, for the canned server to repeat."""
+    body = {"model": HANDLED_TASK, "messages": [{"role": "user", "content": text}]}
+    response = httpx.post(f"{url}/chat/completions", json=body, timeout=30)
+    response.raise_for_status()
+    keep = {k: v for k, v in response.headers.items() if k == "content-type" or k.startswith("x-")}
+    path.write_text(json.dumps({"body": response.text, "headers": keep}), encoding="utf-8")
 
 
 def write_config(path: Path, teacher_url: str, work: Path, artifacts: Path, labels: list[str]):
@@ -398,7 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--processes", type=int, default=2,
                    help="also run the openai clients at full concurrency from this many "
                    "processes (0: do not)")  # fmt: skip
+    p.add_argument("--canned-reply", type=Path, help=argparse.SUPPRESS)  # the floor's server
+    p.add_argument("--canned-port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.canned_reply is not None:
+        serve_canned(args.canned_reply, args.canned_port)
+        return 0
 
     from training.datasets import load_labelled
 
@@ -447,6 +504,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )  # fmt: skip
                     print(run.row(), flush=True)
                     runs.append(run)
+                # The floor: the same clients, one at a time, against a bare uvicorn app that
+                # returns a recorded handled reply. What the proxy adds is the difference.
+                reply = work / "reply.json"
+                record_reply(url, handled[0], reply)
+                with canned(reply, work / "canned.log") as (canned_url, canned_pid):
+                    for kind in args.clients.split(","):
+                        run = asyncio.run(
+                            measure("canned reply, no proxy (floor)", kind, canned_url,
+                                    canned_pid, HANDLED_TASK, handled, args.unloaded_requests,
+                                    100, 1)
+                        )  # fmt: skip
+                        print(run.row(), flush=True)
+                        runs.append(run)
                 for kind in args.clients.split(","):
                     run = asyncio.run(
                         measure(f"deferred ({args.teacher_latency_ms:.0f} ms teacher)", kind,
@@ -461,6 +531,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         print(run.row())
+    floors = {r.client: r for r in runs if r.name.startswith("canned")}
+    for run in runs:
+        floor = floors.get(run.client)
+        if run.name == "handled" and run.concurrency == 1 and floor is not None:
+            added = 1000 * (run.pct(0.5) - floor.pct(0.5))
+            print(f"{run.client}, one at a time: the proxy adds {added:.2f} ms to the p50 of a "
+                  f"canned reply ({1000 * floor.pct(0.5):.2f} ms)")  # fmt: skip
     for run in runs:
         if run.name == "handled":
             p50, rps = 1000 * run.pct(0.5), run.n / run.wall_s
