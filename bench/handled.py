@@ -105,10 +105,10 @@ def teacher(traces: Path, latency_ms: float, log: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def proxy(config: Path, log: Path) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
+def http_server(
+    cmd: list[str], port: int, probe: str, what: str, log: Path
+) -> Iterator[tuple[str, int]]:
+    """Run `cmd`, wait until GET `probe` answers 200, yield (base URL + /v1, pid); stop it."""
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=out, text=True)
     try:
@@ -116,9 +116,9 @@ def proxy(config: Path, log: Path) -> Iterator[tuple[str, int]]:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"proxy did not start:\n{log.read_text()[-2000:]}")
+                raise RuntimeError(f"{what} did not start:\n{log.read_text()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}{probe}", timeout=1).status_code == 200:
                     break
             time.sleep(0.1)
         yield f"{base}/v1", proc.pid
@@ -126,26 +126,18 @@ def proxy(config: Path, log: Path) -> Iterator[tuple[str, int]]:
         stop(proc)
 
 
-@contextlib.contextmanager
-def canned(reply: Path, log: Path) -> Iterator[tuple[str, int]]:
+def proxy(config: Path, log: Path) -> contextlib.AbstractContextManager[tuple[str, int]]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
+    cmd += ["--port", str(port), "--log-level", "warning"]
+    return http_server(cmd, port, "/healthz", "proxy", log)
+
+
+def canned(reply: Path, log: Path) -> contextlib.AbstractContextManager[tuple[str, int]]:
     """A bare uvicorn app that returns one recorded proxy reply: the client's and HTTP's floor."""
     port = free_port()
     cmd = [sys.executable, __file__, "--canned-reply", str(reply), "--canned-port", str(port)]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=out, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"canned server did not start:\n{log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(base, timeout=1)
-                break
-            time.sleep(0.1)
-        yield f"{base}/v1", proc.pid
-    finally:
-        stop(proc)
+    return http_server(cmd, port, "/", "canned server", log)
 
 
 def serve_canned(reply: Path, port: int) -> None:
