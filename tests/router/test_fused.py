@@ -57,7 +57,7 @@ def test_stitched_graph_matches_the_stages_run_one_by_one(model_dir: Path) -> No
     kind = manifest["acceptor"]["kind"]
     if kind == "learned":
         out = _run(str(model_dir / manifest["acceptor"]["file"]), {"acceptor_features": acc_feats})
-        accept = out[1][:, -1]
+        accept = out[-1][:, -1]
     else:
         accept = simple_score(kind, acc_feats)
     scores = router.score(TEXTS)
