@@ -132,6 +132,13 @@ class TaskConfig(_Strict):
         ge=0,
         description="0: target is promised on average; N: on the next N handled requests",
     )
+    ood_quantile: float = Field(
+        default=0.01,
+        ge=0,
+        lt=0.5,
+        description="share of in-distribution inputs the out-of-distribution check may "
+        "defer; higher defers more unseen topics at some cost in coverage; 0 disables it",
+    )
     audit_rate: float = Field(default=0.02, ge=0, le=1)
     embedder: str = Field(
         default="tfidf",

@@ -130,6 +130,7 @@ class RefitLoop:
             "confidence": task.confidence,
             "min_coverage": task.min_coverage,
             "horizon": task.horizon,
+            "ood_quantile": task.ood_quantile,
             "labels": task.labels,
             "embedder": task.embedder,
             "task": task.name,

@@ -157,3 +157,18 @@ async def test_a_task_can_refit_with_the_sentence_encoder(tmp_path: Path):
         assert [p["kind"] for p in live.router.manifest["embedder"]["parts"]] == ["encoder"]
     finally:
         await state.stop()
+
+
+async def test_the_task_sets_the_out_of_distribution_check(tmp_path: Path):
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    task = state.config.tasks[0]
+    await state.start(refit=False)
+    try:
+        await add_traces(state, make_intents(800, seed=1))
+        wider = await state.refit_loop.refit(task.model_copy(update={"ood_quantile": 0.1}))
+        off = await state.refit_loop.refit(task.model_copy(update={"ood_quantile": 0.0}))
+        manifests = [state.models.store.manifest("intents", o.version or "") for o in (wider, off)]
+        assert manifests[0] is not None and manifests[0]["ood"]["quantile"] == 0.1
+        assert manifests[1] is not None and manifests[1]["ood"] is None
+    finally:
+        await state.stop()
