@@ -12,7 +12,7 @@ Entry points (stable):
 of `training.traces.Trace`, or (text, label) pairs. FitOptions fields:
 target (alpha, 0.95), confidence (1 - delta, 0.95), min_coverage (0.2),
 embedder ("tfidf" | encoder folder | "tfidf+FOLDER"), encoder_weight, seed,
-test_size (0.1), calibration_size (0.15), validation_size (0.15), labels
+test_size (0.1), calibration_size (0.25), validation_size (0.15), labels
 (closed label set), candidates, acceptors, ood_quantile (0.01), refit, task,
 quiet. The directory is written beside out_dir and renamed into place, so a
 crashed fit never leaves a valid-looking artifact. A refusal writes only a

@@ -138,7 +138,7 @@ def test_deferred_traces_only_train(tmp_path: Path) -> None:
     held = [json.loads(line) for line in lines]
     assert held and not {h["input"] for h in held} & {t.input for t in deferred}
     # What the deferred traces add to the fit split is taken from it for calibration.
-    assert m["splits"]["calibration"] > 0.15 * len(sampled) + 1
+    assert m["splits"]["calibration"] > FitOptions().calibration_size * len(sampled) + 1
     assert sum(m["splits"].values()) == len(sampled) + len(deferred)
 
 
