@@ -37,6 +37,8 @@ POLL_S = 2.0
 # A refit that certifies at most this much less coverage still replaces the served
 # model: it has seen more, and more recent, traces.
 NOT_WORSE_BY = 0.01
+# Requests a served model must have decided before its live coverage is trusted.
+MIN_DECIDED = 500
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ class RefitLoop:
         traces_path.unlink(missing_ok=True)
         manifest = self.store.manifest(task.name, version)
         passed = code == 0 and manifest is not None and manifest.get("status") == "deployed"
-        if passed and (worse := self._worse_than_served(task.name, manifest)):
+        if passed and (worse := await self._worse_than_served(task.name, manifest)):
             result = RefitOutcome("not_better", version, worse)
         elif passed:
             try:
@@ -175,22 +177,30 @@ class RefitLoop:
         )
         return result
 
-    def _worse_than_served(self, task: str, manifest: dict[str, Any] | None) -> str | None:
+    async def _worse_than_served(self, task: str, manifest: dict[str, Any] | None) -> str | None:
         """Why a model that passed the gate should still not replace the served one.
 
-        Both coverages are certified at the task's alpha, each on its own
-        calibration split; a newer fit on more traces should not certify clearly less.
+        The new model's coverage is certified at the task's alpha on its calibration
+        split. The served model is judged by the coverage it has delivered on live
+        traffic once it has decided `MIN_DECIDED` requests (its own certified figure
+        came from an older, smaller calibration split, which may have been lucky),
+        else by its certified coverage.
         """
         live = self.models.get(task)
         if live is None or manifest is None or self.replaceable(task):
             return None
         cal = manifest.get("calibration") or {}
         new = float(cal.get("coverage") or 0.0)
-        if new >= live.certified_coverage - NOT_WORSE_BY:
+        handled, decided = await store.served_coverage(self.engine, task, live.version)
+        if decided >= MIN_DECIDED:
+            served, what = handled / decided, f"coverage on its last {decided} requests"
+        else:
+            served, what = live.certified_coverage, "certified coverage"
+        if new >= served - NOT_WORSE_BY:
             return None
         return (
             f"certified coverage {new:.3f} is below the served {live.version}'s "
-            f"{live.certified_coverage:.3f}; {live.version} stays"
+            f"{what}, {served:.3f}; {live.version} stays"
         )
 
     async def _export(self, task: str, path: Path) -> tuple[int, int]:

@@ -305,6 +305,23 @@ async def release_lease(engine: AsyncEngine, task: str, holder: str) -> None:
         )
 
 
+async def served_coverage(
+    engine: AsyncEngine, task: str, version: str, last: int = 5000
+) -> tuple[int, int]:
+    """(handled, consulted) over the last `last` requests a model version decided."""
+    recent = (
+        select(DecisionRow.decision)
+        .where(DecisionRow.task == task, DecisionRow.model_version == version)
+        .order_by(DecisionRow.id.desc())
+        .limit(last)
+        .subquery()
+    )
+    query = select(func.count(), func.count().filter(recent.c.decision == "handled"))
+    async with engine.connect() as conn:
+        consulted, handled = (await conn.execute(query.select_from(recent))).one()
+    return int(handled), int(consulted)
+
+
 async def last_refit(engine: AsyncEngine, task: str) -> dict[str, Any] | None:
     query = select(RefitRow).where(RefitRow.task == task).order_by(RefitRow.id.desc()).limit(1)
     async with engine.connect() as conn:

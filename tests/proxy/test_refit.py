@@ -172,3 +172,36 @@ async def test_the_task_sets_the_out_of_distribution_check(tmp_path: Path):
         assert manifests[1] is not None and manifests[1]["ood"] is None
     finally:
         await state.stop()
+
+
+async def test_the_served_model_is_judged_by_the_coverage_it_delivered(tmp_path: Path):
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    task = state.config.tasks[0]
+    await state.start(refit=False)
+    try:
+        await add_traces(state, make_intents(800, seed=1))
+        assert (await state.refit_loop.refit(task)).outcome == "deployed"
+        # v0001 certified more than half the traffic, but live it handled one request in ten.
+        for i in range(600):
+            state.record_decision(
+                store.Decision(
+                    task="intents",
+                    decision="handled" if i % 10 == 0 else "deferred",
+                    reason="test",
+                    latency_ms=1.0,
+                    model_version="v0001",
+                )
+            )
+        await state.writer.flush()
+        assert await store.served_coverage(state.engine, "intents", "v0001") == (60, 600)
+        # The coin-flip traces that made a refit `not_better` against v0001's certified
+        # coverage (test above) now face the coverage v0001 actually delivered.
+        rng = random.Random(3)
+        labels = sorted({y for _, y in make_intents(200, seed=0)})
+        coin = [(x, rng.choice(labels[:2]) if y in labels[:2] else y)
+                for x, y in make_intents(1600, seed=4)]  # fmt: skip
+        await add_traces(state, coin)
+        swapped = await state.refit_loop.refit(task)
+        assert swapped.outcome == "deployed", swapped
+    finally:
+        await state.stop()
