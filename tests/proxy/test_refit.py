@@ -35,6 +35,15 @@ async def add_traces(
     await state.writer.flush()
 
 
+def coin_flip_intents() -> list[tuple[str, str]]:
+    """Intents where the teacher flips a coin between two of the labels."""
+    rng = random.Random(3)
+    labels = sorted({y for _, y in make_intents(200, seed=0)})
+    return [
+        (x, rng.choice(labels[:2]) if y in labels[:2] else y) for x, y in make_intents(1600, seed=4)
+    ]
+
+
 async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: Path):
     state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
     task = state.config.tasks[0]
@@ -89,11 +98,7 @@ async def test_a_model_that_certifies_less_does_not_replace_the_served_one(tmp_p
         # New traces where the teacher flips a coin between two intents: a refit still
         # passes the gate, but must leave that region to the teacher, so it certifies
         # less coverage and must not be swapped in...
-        rng = random.Random(3)
-        labels = sorted({y for _, y in make_intents(200, seed=0)})
-        coin = [(x, rng.choice(labels[:2]) if y in labels[:2] else y)
-                for x, y in make_intents(1600, seed=4)]  # fmt: skip
-        await add_traces(state, coin)
+        await add_traces(state, coin_flip_intents())
         worse = await state.refit_loop.refit(task)
         assert worse.outcome == "not_better", worse
         assert "v0001 stays" in (worse.reason or "")
@@ -196,11 +201,7 @@ async def test_the_served_model_is_judged_by_the_coverage_it_delivered(tmp_path:
         assert await store.served_coverage(state.engine, "intents", "v0001") == (60, 600)
         # The coin-flip traces that made a refit `not_better` against v0001's certified
         # coverage (test above) now face the coverage v0001 actually delivered.
-        rng = random.Random(3)
-        labels = sorted({y for _, y in make_intents(200, seed=0)})
-        coin = [(x, rng.choice(labels[:2]) if y in labels[:2] else y)
-                for x, y in make_intents(1600, seed=4)]  # fmt: skip
-        await add_traces(state, coin)
+        await add_traces(state, coin_flip_intents())
         swapped = await state.refit_loop.refit(task)
         assert swapped.outcome == "deployed", swapped
     finally:
