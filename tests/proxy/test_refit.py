@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from proxy import store
 from proxy.app import ProxyState
+from proxy.config import TaskConfig
 from proxy.synthetic import make_intents
 from tests.support import SHARED, intents_config
 
@@ -33,6 +36,20 @@ async def add_traces(
             )
         )
     await state.writer.flush()
+
+
+@contextlib.asynccontextmanager
+async def serving_intents(tmp_path: Path) -> AsyncIterator[tuple[ProxyState, TaskConfig]]:
+    """A started proxy state whose intents task serves v0001, fitted on 800 traces."""
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    task = state.config.tasks[0]
+    await state.start(refit=False)
+    try:
+        await add_traces(state, make_intents(800, seed=1))
+        assert (await state.refit_loop.refit(task)).outcome == "deployed"
+        yield state, task
+    finally:
+        await state.stop()
 
 
 def coin_flip_intents() -> list[tuple[str, str]]:
@@ -86,12 +103,7 @@ async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: P
 
 
 async def test_a_model_that_certifies_less_does_not_replace_the_served_one(tmp_path: Path):
-    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
-    task = state.config.tasks[0]
-    await state.start(refit=False)
-    try:
-        await add_traces(state, make_intents(800, seed=1))
-        assert (await state.refit_loop.refit(task)).outcome == "deployed"
+    async with serving_intents(tmp_path) as (state, task):
         served = state.models.get("intents")
         assert served is not None and served.certified_coverage > 0.5
 
@@ -109,8 +121,6 @@ async def test_a_model_that_certifies_less_does_not_replace_the_served_one(tmp_p
         swapped = await state.refit_loop.refit(task)
         assert swapped.outcome == "deployed", swapped
         assert state.models.store.current("intents") == swapped.version
-    finally:
-        await state.stop()
 
 
 async def test_deferred_traces_train_but_never_calibrate(tmp_path: Path):
@@ -180,12 +190,7 @@ async def test_the_task_sets_the_out_of_distribution_check(tmp_path: Path):
 
 
 async def test_the_served_model_is_judged_by_the_coverage_it_delivered(tmp_path: Path):
-    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
-    task = state.config.tasks[0]
-    await state.start(refit=False)
-    try:
-        await add_traces(state, make_intents(800, seed=1))
-        assert (await state.refit_loop.refit(task)).outcome == "deployed"
+    async with serving_intents(tmp_path) as (state, task):
         # v0001 certified more than half the traffic, but live it handled one request in ten.
         for i in range(600):
             state.record_decision(
@@ -204,5 +209,3 @@ async def test_the_served_model_is_judged_by_the_coverage_it_delivered(tmp_path:
         await add_traces(state, coin_flip_intents())
         swapped = await state.refit_loop.refit(task)
         assert swapped.outcome == "deployed", swapped
-    finally:
-        await state.stop()
