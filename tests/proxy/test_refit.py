@@ -39,14 +39,17 @@ async def add_traces(
 
 
 @contextlib.asynccontextmanager
-async def serving_intents(tmp_path: Path) -> AsyncIterator[tuple[ProxyState, TaskConfig]]:
-    """A started proxy state whose intents task serves v0001, fitted on 800 traces."""
+async def serving_intents(
+    tmp_path: Path, deploy: bool = True
+) -> AsyncIterator[tuple[ProxyState, TaskConfig]]:
+    """A started proxy state with 800 intents traces; with `deploy`, it serves v0001."""
     state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
     task = state.config.tasks[0]
     await state.start(refit=False)
     try:
         await add_traces(state, make_intents(800, seed=1))
-        assert (await state.refit_loop.refit(task)).outcome == "deployed"
+        if deploy:
+            assert (await state.refit_loop.refit(task)).outcome == "deployed"
         yield state, task
     finally:
         await state.stop()
@@ -175,18 +178,12 @@ async def test_a_task_can_refit_with_the_sentence_encoder(tmp_path: Path):
 
 
 async def test_the_task_sets_the_out_of_distribution_check(tmp_path: Path):
-    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
-    task = state.config.tasks[0]
-    await state.start(refit=False)
-    try:
-        await add_traces(state, make_intents(800, seed=1))
+    async with serving_intents(tmp_path, deploy=False) as (state, task):
         wider = await state.refit_loop.refit(task.model_copy(update={"ood_quantile": 0.1}))
         off = await state.refit_loop.refit(task.model_copy(update={"ood_quantile": 0.0}))
         manifests = [state.models.store.manifest("intents", o.version or "") for o in (wider, off)]
         assert manifests[0] is not None and manifests[0]["ood"]["quantile"] == 0.1
         assert manifests[1] is not None and manifests[1]["ood"] is None
-    finally:
-        await state.stop()
 
 
 async def test_the_served_model_is_judged_by_the_coverage_it_delivered(tmp_path: Path):
