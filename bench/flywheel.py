@@ -89,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "day's handled traffic; 0: on average)",
     )
     p.add_argument(
+        "--audit-boost",
+        type=int,
+        default=1000,
+        help="tasks[].audit_boost: sample min(1, N / sampled traces) of served traffic "
+        "(at least the 2%% audit rate); 0: the flat audit rate",
+    )
+    p.add_argument(
         "--embedder",
         default=str(MINILM) if MINILM.is_dir() else "tfidf",
         help="the task's embedder (default: the shared MiniLM encoder when present)",
@@ -103,10 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         min_coverage=args.min_coverage,
         embedder=args.embedder,
         horizon=args.horizon,
+        audit_boost=args.audit_boost,
     )
     rows = load_rows(args.data, s.per_day * s.days, args.seed)
     print(f"{len(rows)} rows of {args.data}, {s.per_day} a day, alpha {s.target}, "
-          f"embedder {s.embedder}, horizon {s.horizon}")  # fmt: skip
+          f"embedder {s.embedder}, horizon {s.horizon}, audit_boost {s.audit_boost}")  # fmt: skip
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tracer-flywheel-") as tmp:
         workdir = Path(args.workdir or tmp)

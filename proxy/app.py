@@ -17,8 +17,10 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from training.traces import SELECTED
+
 from . import store
-from .audit import MAX_IN_FLIGHT, AuditWindow, required_audits
+from .audit import MAX_IN_FLIGHT, AuditWindow, required_audits, sampling_rate
 from .chat import audit_handled, chat_completions, classify
 from .config import Config, ModelEntry, TaskConfig
 from .http import ClientError, Guard, client_error_handler, error_response, read_json_object
@@ -55,39 +57,59 @@ class ProxyState:
             self.models,
             self.metrics,
             replaceable=lambda task: task in self.fallbacks,
+            on_poll=self.count_sampled,
         )
         self._teacher_cost: dict[str, tuple[float, int]] = {}
         self.audit_windows: dict[str, AuditWindow] = {}
         self.fallbacks: dict[str, str] = {}
         self._audits: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
+        self.sampled: dict[str, int] = {}  # valid traces that sample the traffic, by task
 
     def fallback_reason(self, task: str) -> str | None:
         return self.fallbacks.get(task)
 
     def maybe_audit(
         self, task: TaskConfig, live: LiveModel, body: dict[str, Any], text: str, label: str
-    ) -> None:
-        """Send a share of handled requests to the teacher too, never delaying the reply."""
-        if task.audit_rate <= 0 or self._rng.random() >= task.audit_rate:
-            return
+    ) -> bool:
+        """Send a share of handled requests to the teacher too, never delaying the reply.
+
+        True when this request is audited, i.e. it will cost a teacher call after all.
+        """
+        if self._rng.random() >= self.sampling_rate(task):
+            return False
         if len(self._audits) >= MAX_IN_FLIGHT:
             self.metrics.audits.labels(task.name, "skipped").inc()
-            return
+            return False
         job = asyncio.create_task(audit_handled(self, task, live, body, text, label))
         self._audits.add(job)
         job.add_done_callback(self._audits.discard)
+        return True
 
     def trace_source(self, task: TaskConfig, routed_by_model: bool) -> str:
         """How a teacher answer was sampled, so a refit knows which traces may calibrate.
 
         A request the model deferred is one of its hard cases (`deferred`), except
-        for a share drawn at the audit rate (`explore`): with the audits of handled
-        requests, that share is a uniform sample of the traffic.
+        for a share drawn at the sampling rate (`explore`): with the audits of
+        handled requests, drawn at the same rate, that share is a uniform sample of
+        the traffic.
         """
         if not routed_by_model:
             return "teacher"
-        return "explore" if self._rng.random() < task.audit_rate else "deferred"
+        return "explore" if self._rng.random() < self.sampling_rate(task) else "deferred"
+
+    def sampling_rate(self, task: TaskConfig) -> float:
+        return sampling_rate(task.audit_rate, task.audit_boost, self.sampled.get(task.name, 0))
+
+    async def count_sampled(self) -> None:
+        """Re-read the sampled-trace counts, which other workers' traces also move."""
+        for task in self.config.tasks:
+            count = await store.count_traces(self.engine, task.name, sampled_only=True)
+            self._set_sampled(task, count)
+
+    def _set_sampled(self, task: TaskConfig, count: int) -> None:
+        self.sampled[task.name] = count
+        self.metrics.sampling_rate.labels(task.name).set(self.sampling_rate(task))
 
     def audit_result(self, task: TaskConfig, version: str, agrees: bool | None) -> None:
         outcome = "invalid" if agrees is None else "agree" if agrees else "disagree"
@@ -109,7 +131,7 @@ class ProxyState:
             )  # fmt: skip
 
     def handled(self, task: str) -> None:
-        """Count a teacher call avoided, and what it would have cost on average."""
+        """Count a teacher call avoided (handled, not audited) and its mean cost."""
         self.metrics.teacher_calls_avoided.labels(task).inc()
         total, n = self._teacher_cost.get(task, (0.0, 0))
         if n:
@@ -152,6 +174,9 @@ class ProxyState:
         for record in batch:
             if isinstance(record, store.Trace):
                 self.metrics.traces_stored.labels(record.task, str(record.valid).lower()).inc()
+                task = self.config.task(record.task)
+                if task is not None and record.valid and record.source != SELECTED:
+                    self._set_sampled(task, self.sampled.get(task.name, 0) + 1)
                 if record.cost_usd is not None:
                     total, n = self._teacher_cost.get(record.task, (0.0, 0))
                     self._teacher_cost[record.task] = (total + record.cost_usd, n + 1)
@@ -162,6 +187,7 @@ class ProxyState:
 
     async def start(self, refit: bool = True) -> None:
         await store.create_schema(self.engine)
+        await self.count_sampled()
         await self.upstream.start()
         self.writer.start()
         await asyncio.to_thread(self.models.refresh)

@@ -27,7 +27,21 @@ from scipy.stats import beta
 log = logging.getLogger("tracer.audit")
 
 WINDOW = 2000
-MAX_IN_FLIGHT = 16  # audits beyond this are skipped (and counted), never queued
+MAX_IN_FLIGHT = 64  # audits beyond this are skipped (and counted), never queued
+
+
+def sampling_rate(floor: float, boost: int, sampled: int) -> float:
+    """The share of served traffic sent to the teacher as a sample, given the traces so far.
+
+    Only sampled traces may calibrate a refit, and once a model serves they come from
+    this rate alone. At a flat rate a young task's calibration pool grows so slowly that
+    its first model caps its successors; at ``boost / sampled`` the pool grows like
+    the square root of the traffic (the sampled share falls as ``1 / sqrt``), so
+    early refits certify on fresh evidence and a mature task pays about ``floor``.
+    """
+    if boost <= 0:
+        return floor
+    return max(floor, min(1.0, boost / max(sampled, 1)))
 
 
 def clopper_pearson(successes: int, n: int, confidence: float) -> tuple[float, float]:

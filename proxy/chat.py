@@ -191,9 +191,9 @@ def answer_locally(exchange: Exchange, body: dict[str, Any], text: str, routed: 
             "reason": routed.reason,
         }
     }
-    state.handled(task.name)
     assert routed.live is not None
-    state.maybe_audit(task, routed.live, body, text, label)
+    if not state.maybe_audit(task, routed.live, body, text, label):
+        state.handled(task.name)  # an audited request did not avoid its teacher call
     state.record_decision(
         store.Decision(
             task=task.name,

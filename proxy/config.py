@@ -139,7 +139,15 @@ class TaskConfig(_Strict):
         description="share of in-distribution inputs the out-of-distribution check may "
         "defer; higher defers more unseen topics at some cost in coverage; 0 disables it",
     )
-    audit_rate: float = Field(default=0.02, ge=0, le=1)
+    audit_rate: float = Field(
+        default=0.02, ge=0, le=1, description="share of served traffic sampled, at least"
+    )
+    audit_boost: int = Field(
+        default=1000,
+        ge=0,
+        description="while the task has few sampled traces, sample "
+        "min(1, audit_boost / sampled traces so far) instead; 0: audit_rate only",
+    )
     embedder: str = Field(
         default="tfidf",
         description="tfidf, an encoder folder (model.onnx, tokenizer.json), or tfidf+FOLDER",

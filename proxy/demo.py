@@ -59,6 +59,7 @@ class Settings:
     confidence: float = 0.95
     min_coverage: float = 0.1
     horizon: int = 0  # tasks[].horizon: promise the target on batches of this many
+    audit_boost: int = 1000  # tasks[].audit_boost: sample more while sampled traces are few
     embedder: str = "tfidf"  # or an encoder folder, or "tfidf+FOLDER" (tasks[].embedder)
     port: int = 0
     timeout_s: float = 60.0
@@ -180,6 +181,7 @@ def demo_config(teacher_url: str, workdir: Path, labels: Sequence[str], s: Setti
                 "min_coverage": s.min_coverage,
                 "embedder": s.embedder,
                 "horizon": s.horizon,
+                "audit_boost": s.audit_boost,
             }
         ],
         "server": {"port": s.port},
@@ -535,8 +537,8 @@ def summary(days: Sequence[Day], fly: Flywheel, console: Console) -> None:
         f"Answered by the surrogate: {handled} of {total} requests ({_pct(handled / total)}); "
         f"the teacher also audited {audits} of those in the background. "
         f"Estimated cost saved: ${fly.cost_saved():.6f} "
-        "(tracer_cost_saved_usd_total: each handled request counts the mean cost of the "
-        f"teacher calls stored so far; {TEACHER_MODEL} list prices via LiteLLM"
+        "(tracer_cost_saved_usd_total: each handled request not audited counts the mean "
+        f"cost of the teacher calls stored so far; {TEACHER_MODEL} list prices via LiteLLM"
         + (f", mean ${mean:.8f} a call)." if mean is not None else ").")
     )
     if mean is not None:

@@ -67,13 +67,14 @@ class Metrics:
         )
         self.teacher_calls_avoided = Counter(
             "tracer_teacher_calls_avoided",
-            "Task requests answered by the surrogate instead of the teacher.",
+            "Task requests answered by the surrogate and not audited: no teacher call.",
             ["task"],
             registry=r,
         )
         self.cost_saved = Counter(
             "tracer_cost_saved_usd",
-            "Estimated teacher cost avoided: the teacher's mean cost per call times handled calls.",
+            "Estimated teacher cost avoided: the teacher's mean cost per call times the "
+            "teacher calls avoided.",
             ["task"],
             registry=r,
         )
@@ -106,6 +107,13 @@ class Metrics:
             "Handled requests also sent to the teacher, by outcome "
             "(agree, disagree, invalid, error, skipped).",
             ["task", "outcome"],
+            registry=r,
+        )
+        self.sampling_rate = Gauge(
+            "tracer_sampling_rate",
+            "Share of served requests sampled for calibration (audited when handled); "
+            "audit_rate, boosted while the task has few sampled traces.",
+            ["task"],
             registry=r,
         )
         self.live_agreement = Gauge(

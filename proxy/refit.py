@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ class RefitLoop:
         metrics: Metrics,
         poll_seconds: float = POLL_S,
         replaceable: Callable[[str], bool] = lambda task: False,
+        on_poll: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
@@ -66,6 +67,7 @@ class RefitLoop:
         self.poll_seconds = min(poll_seconds, config.refit.interval_seconds)
         # True when the served model must go whatever replaces it (e.g. it fell back).
         self.replaceable = replaceable
+        self.on_poll = on_poll  # runs at every poll, e.g. to re-read counts the store keeps
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._task: asyncio.Task[None] | None = None
         self._last_attempt: dict[str, float] = {}
@@ -85,6 +87,8 @@ class RefitLoop:
         while True:
             try:
                 await asyncio.to_thread(self.models.refresh)
+                if self.on_poll is not None:
+                    await self.on_poll()
                 for task in self.config.tasks:
                     if await self.due(task):
                         await self.refit(task)

@@ -36,6 +36,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from training.traces import SELECTED
+
 log = logging.getLogger("tracer.store")
 
 
@@ -264,10 +266,15 @@ async def iter_traces(
             yield dict(row._mapping)
 
 
-async def count_traces(engine: AsyncEngine, task: str, after_id: int = 0) -> int:
+async def count_traces(
+    engine: AsyncEngine, task: str, after_id: int = 0, sampled_only: bool = False
+) -> int:
+    """Valid traces; with `sampled_only`, those that sample the traffic (may calibrate)."""
     query = select(func.count()).where(
         TraceRow.task == task, TraceRow.valid.is_(True), TraceRow.id > after_id
     )
+    if sampled_only:
+        query = query.where(TraceRow.source != SELECTED)
     async with engine.connect() as conn:
         return int((await conn.execute(query)).scalar_one())
 

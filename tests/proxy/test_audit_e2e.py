@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.audit import AuditWindow, clopper_pearson, min_certifying_samples
+from proxy.audit import AuditWindow, clopper_pearson, min_certifying_samples, sampling_rate
 from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
 from proxy.synthetic import INTENTS, make_intents
 from tests.support import intents_config, serve_fitted_intents
@@ -31,6 +32,15 @@ def test_bounds_and_verdicts():
     for _ in range(20):
         window.add(False)
     assert window.verdict() is not None and "upper bound" in window.verdict()
+
+
+def test_sampling_rate_is_boosted_while_sampled_traces_are_few():
+    assert sampling_rate(0.02, 1000, 0) == 1.0
+    assert sampling_rate(0.02, 1000, 800) == 1.0
+    assert sampling_rate(0.02, 1000, 4000) == 0.25
+    assert sampling_rate(0.02, 1000, 10**6) == 0.02  # a mature task pays the floor
+    assert sampling_rate(0.02, 0, 10) == 0.02
+    assert sampling_rate(0.0, 0, 10) == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +113,51 @@ def test_audits_are_background_and_drift_triggers_fallback(fitted, tmp_path, cap
     assert re.search(r'tracer_audits_total\{outcome="disagree",task="intents"\} [1-9]', metrics)
     assert re.search(r'tracer_live_agreement\{task="intents"\} 0\.\d+', metrics)
     assert any("falling back to the teacher" in r.getMessage() for r in caplog.records)
-    import sqlite3
+    assert sources_stored(tmp_path / "tracer.db")["audit"] >= window.n
 
-    with sqlite3.connect(tmp_path / "tracer.db") as conn:
-        audits = conn.execute("SELECT count(*) FROM traces WHERE source='audit'").fetchone()[0]
-    assert audits >= window.n
+
+def sources_stored(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT source, count(*) FROM traces GROUP BY source"))
+
+
+def test_a_young_task_samples_more_and_audits_do_not_count_as_avoided(fitted, tmp_path):
+    artifacts, rows = fitted
+    sim = SimulatedTeacher(dict(rows), labels=LABELS)
+    with run_sim_teacher(sim) as teacher_url:
+        task = {"audit_rate": 0.0, "audit_boost": 20}
+        config = intents_config(teacher_url, tmp_path, artifacts, task=task)
+        from proxy.app import create_app
+        from proxy.threaded import serve_in_thread
+
+        app = create_app(config, refit=False)
+        with serve_in_thread(app) as base:
+            client = openai.OpenAI(base_url=f"{base}/v1", api_key="x", max_retries=0)
+            state = app.state.tracer
+
+            def metric(name: str, **labels: str) -> float:
+                value = state.metrics.registry.get_sample_value(name, {"task": "intents", **labels})
+                return float(value or 0.0)
+
+            assert 'tracer_sampling_rate{task="intents"} 1.0' in httpx.get(f"{base}/metrics").text
+            decisions = [ask(client, text)[0] for text, _ in rows[1600:1700]]
+            answered = ("agree", "disagree", "invalid")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until every audit is answered and stored
+                sources = sources_stored(tmp_path / "tracer.db")
+                sampled = sources.get("audit", 0) + sources.get("explore", 0)
+                audits = sum(metric("tracer_audits_total", outcome=o) for o in answered)
+                counted = state.sampled["intents"] == sampled
+                if not state._audits and counted and sources.get("audit", 0) == audits:
+                    break
+                time.sleep(0.05)
+            rate = metric("tracer_sampling_rate")
+            avoided = metric("tracer_teacher_calls_avoided_total")
+            failed = metric("tracer_audits_total", outcome="error")
+    handled = decisions.count("handled")
+    assert handled >= 10, decisions
+    # Everything is sampled until there are 20 sampled traces, then 20 / sampled of it.
+    assert 20 <= sampled <= 90, sources
+    assert rate == pytest.approx(20 / sampled)
+    assert audits == sources.get("audit", 0) > 0, sources
+    assert avoided == handled - audits - failed  # an audit that failed still cost a call
