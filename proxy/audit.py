@@ -6,7 +6,10 @@ traffic. Over a window of recent audits of the served version, the task falls
 back to the teacher when either
 
 - the upper confidence bound on agreement is below α: clear evidence that the
-  surrogate now disagrees more than allowed (label drift, a changed teacher); or
+  surrogate now disagrees more than allowed (label drift, a changed teacher), once
+  there are at least as many audits as it takes to certify α at all (59 at α and
+  confidence 0.95): fewer cannot tell drift from a short run of hard inputs, and the
+  bound is looked at after every audit; or
 - there are as many audits as the model had accepted calibration traces, and the
   lower bound is below α: the live evidence, as strong as the calibration's, no
   longer certifies the target.
@@ -89,7 +92,7 @@ class AuditWindow:
             return None
         lower, upper = self.bounds()
         agreement = self.agreement or 0.0
-        if upper < self.alpha:
+        if upper < self.alpha and self.n >= min_certifying_samples(self.alpha, self.confidence):
             return (
                 f"live agreement {agreement:.3f} on {self.n} audits: upper bound {upper:.3f} "
                 f"is below the target {self.alpha}"

@@ -25,6 +25,10 @@ def test_bounds_and_verdicts():
     assert 0.89 < lower < 0.95 < upper < 0.99
     assert clopper_pearson(0, 0, 0.95) == (0.0, 1.0)
     assert min_certifying_samples(0.95, 0.95) == 59
+    early = AuditWindow("v1", alpha=0.95, confidence=0.95, required=100)
+    for agrees in (True, False, False):  # upper bound 0.865, but 3 audits are a short run
+        early.add(agrees)
+    assert early.verdict() is None
     window = AuditWindow("v1", alpha=0.9, confidence=0.95, required=100)
     for _ in range(50):
         window.add(True)
