@@ -20,7 +20,7 @@ from starlette.routing import Route
 from training.traces import SELECTED
 
 from . import store
-from .audit import MAX_IN_FLIGHT, AuditWindow, required_audits, sampling_rate
+from .audit import MAX_IN_FLIGHT, AuditWindow, sampling_rate
 from .chat import audit_handled, chat_completions, classify
 from .config import Config, ModelEntry, TaskConfig
 from .http import ClientError, Guard, client_error_handler, error_response, read_json_object
@@ -144,12 +144,7 @@ class ProxyState:
         cal = new.router.manifest.get("calibration") or {}
         config = self.config.task(task)
         assert config is not None
-        self.audit_windows[task] = AuditWindow(
-            new.version,
-            config.target,
-            config.confidence,
-            required_audits(config.target, config.confidence, cal.get("accepted")),
-        )
+        self.audit_windows[task] = AuditWindow(new.version, config.target, config.confidence)
         if self.fallbacks.pop(task, None) is not None:
             log.info("task %s: version %s passed the gate; fallback lifted", task, new.version)
         self.metrics.fallback.labels(task).set(0)

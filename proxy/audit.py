@@ -3,16 +3,17 @@
 Calibration says the surrogate agrees with the teacher at least α of the time on
 the traffic it was calibrated on; the audit checks that the promise holds on live
 traffic. Over a window of recent audits of the served version, the task falls
-back to the teacher when either
+back to the teacher when the upper confidence bound on agreement is below α: clear
+evidence that the surrogate now disagrees more than allowed (label drift, a changed
+teacher). The rule waits for as many audits as it takes to certify α at all (59 at
+α and confidence 0.95): the bound is looked at after every audit, and fewer cannot
+tell drift from a short run of hard inputs.
 
-- the upper confidence bound on agreement is below α: clear evidence that the
-  surrogate now disagrees more than allowed (label drift, a changed teacher), once
-  there are at least as many audits as it takes to certify α at all (59 at α and
-  confidence 0.95): fewer cannot tell drift from a short run of hard inputs, and the
-  bound is looked at after every audit; or
-- there are as many audits as the model had accepted calibration traces, and the
-  lower bound is below α: the live evidence, as strong as the calibration's, no
-  longer certifies the target.
+A live lower bound below α is not a reason: the gate puts the threshold where the
+calibration's lower bound just clears α, so on as many audits as calibration traces
+the live lower bound falls below α about half the time with nothing wrong (a model
+at 0.967 live agreement was dropped so in a flywheel run). It is exported as a
+gauge, for a human to read.
 
 It stays on the teacher until a refit passes the gate and a new version is served.
 Audit answers are stored as traces too, so training does not see deferred traffic only.
@@ -69,7 +70,6 @@ class AuditWindow:
     version: str
     alpha: float
     confidence: float
-    required: int  # audits needed before the lower bound alone may trigger a fallback
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
     def add(self, agrees: bool) -> None:
@@ -88,26 +88,12 @@ class AuditWindow:
 
     def verdict(self) -> str | None:
         """Why the task must fall back to the teacher, or None while the promise holds."""
-        if not self.n:
+        if self.n < min_certifying_samples(self.alpha, self.confidence):
             return None
-        lower, upper = self.bounds()
-        agreement = self.agreement or 0.0
-        if upper < self.alpha and self.n >= min_certifying_samples(self.alpha, self.confidence):
-            return (
-                f"live agreement {agreement:.3f} on {self.n} audits: upper bound {upper:.3f} "
-                f"is below the target {self.alpha}"
-            )
-        if self.n >= self.required and lower < self.alpha:
-            return (
-                f"live agreement {agreement:.3f} on {self.n} audits: lower bound {lower:.3f} "
-                f"is below the target {self.alpha}"
-            )
-        return None
-
-
-def required_audits(alpha: float, confidence: float, calibration_accepted: object) -> int:
-    """As many audits as the model had accepted calibration traces, within sane limits."""
-    floor = min_certifying_samples(alpha, confidence)
-    if isinstance(calibration_accepted, int) and calibration_accepted > 0:
-        return max(floor, min(calibration_accepted, WINDOW))
-    return max(floor, 200)
+        _, upper = self.bounds()
+        if upper >= self.alpha:
+            return None
+        return (
+            f"live agreement {self.agreement:.3f} on {self.n} audits: upper bound {upper:.3f} "
+            f"is below the target {self.alpha}"
+        )
