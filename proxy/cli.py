@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=config.server.keep_alive_seconds,
     )
     return 0
 

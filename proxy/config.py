@@ -171,6 +171,10 @@ class ServerConfig(_Strict):
     api_keys: list[SecretStr] = []
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     upstream_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Longer than clients keep idle connections (httpx 5 s, aiohttp 15 s), so that the
+    # client always drops a pooled connection first: at equal timeouts a request can be
+    # sent on a socket the server is closing, and fails with a connection error.
+    keep_alive_seconds: int = Field(default=75, gt=0)
     # auto: OpenAI-compatible upstreams (openai/...) by byte relay, the rest by LiteLLM;
     # litellm: every call through LiteLLM (its callbacks and logging, at 5-10 ms of CPU a call).
     upstream_client: Literal["auto", "litellm"] = "auto"

@@ -252,7 +252,13 @@ class Flywheel:
             app = create_app(config, refit=False)
             wrapped = _LoopCapture(app)
             try:
-                proxy_cm = serve_in_thread(wrapped, config.server.host, s.port, name="tracer-demo")
+                proxy_cm = serve_in_thread(
+                    wrapped,
+                    config.server.host,
+                    s.port,
+                    name="tracer-demo",
+                    timeout_keep_alive=config.server.keep_alive_seconds,
+                )
                 url = proxy_cm.__enter__()
             except (OSError, RuntimeError) as exc:
                 why = wrapped.startup_error or str(exc)

@@ -39,6 +39,7 @@ def serve_in_thread(
             "access_log": False,
             "lifespan": "auto",
             "timeout_graceful_shutdown": 5,
+            "timeout_keep_alive": 75,  # longer than clients' pools keep idle connections
         }
         options.update(uvicorn_options)
         server = uvicorn.Server(uvicorn.Config(app, **options))

@@ -5,6 +5,7 @@ Also the canary: an upstream key that must reach the upstream and nowhere else.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -62,6 +63,23 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     raise AssertionError("tracer serve did not become ready")
 
 
+def assert_idle_connection_outlives_client_pools(port: int) -> None:
+    """An idle keep-alive connection is still open after httpx's 5 s pool expiry.
+
+    At equal timeouts a client can send on a socket the server is just closing.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read() and conn.sock is not None
+        first = conn.sock
+        time.sleep(5.5)
+        conn.request("GET", "/healthz")  # on the same socket: no reconnect in between
+        assert conn.getresponse().status == 200 and conn.sock is first
+    finally:
+        conn.close()
+
+
 def test_canary_key_reaches_the_upstream_and_nothing_else(tmp_path):
     sim = SimulatedTeacher(ANSWERS, labels=LABELS, require_key=CANARY)
     db, config, log = tmp_path / "t.db", tmp_path / "config.yaml", tmp_path / "serve.log"
@@ -99,7 +117,7 @@ def test_canary_key_reaches_the_upstream_and_nothing_else(tmp_path):
                         model="teacher-model", messages=[{"role": "user", "content": "hi"}]
                     )
                 bodies.append(httpx.get(f"{url}/metrics").text)
-                time.sleep(0.5)  # let the writer drain
+                assert_idle_connection_outlives_client_pools(port)
             finally:
                 proc.terminate()
                 proc.wait(timeout=20)
