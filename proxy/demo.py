@@ -354,6 +354,16 @@ class Flywheel:
         return reason if "(" in reason or not extra else f"{reason} ({extra})"
 
 
+def describe(exc: BaseException) -> str:
+    """The error and what caused it: the openai client's "Connection error." alone says
+    nothing about whether the proxy, the network or a closed socket failed."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text += f" (caused by {type(cause).__name__}: {cause})"
+    return text
+
+
 async def send_all(url: str, rows: Sequence[Row], s: Settings) -> list[Outcome]:
     """Each row through the proxy with the official openai client, ``concurrency`` at a time."""
     import openai
@@ -384,7 +394,7 @@ async def send_all(url: str, rows: Sequence[Row], s: Settings) -> list[Outcome]:
                 )
             except Exception as exc:  # counted and reported, never silently dropped
                 seconds = time.perf_counter() - started
-                outcomes[i] = Outcome("error", seconds, False, error=f"{type(exc).__name__}: {exc}")
+                outcomes[i] = Outcome("error", seconds, False, error=describe(exc))
 
     try:
         await asyncio.gather(*(worker() for _ in range(max(1, s.concurrency))))
