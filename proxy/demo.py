@@ -482,6 +482,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--horizon", type=int, default=0,
                    help="promise the target on the next N handled requests (default 0: "
                    "on average)")  # fmt: skip
+    p.add_argument("--audit-boost", type=int, default=1000,
+                   help="tasks[].audit_boost: sample min(1, N / sampled traces) of the "
+                   "traffic while that is above the 2%% audit rate (0: off)")  # fmt: skip
     p.add_argument("--port", type=int, default=0, help="the proxy's port (default: a free one)")
     p.add_argument("--workdir", help="keep the store and artifacts here (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0, help="shuffles the data (default 0)")
@@ -551,7 +554,10 @@ def summary(days: Sequence[Day], fly: Flywheel, console: Console) -> None:
     mean = cost / priced if priced else None
     console.print(
         f"Answered by the surrogate: {handled} of {total} requests ({_pct(handled / total)}); "
-        f"the teacher also audited {audits} of those in the background. "
+        f"the teacher also audited {audits} of those in the background (a young task "
+        "samples more of its traffic, to calibrate later refits: "
+        f"{_pct(fly.metric('tracer_sampling_rate', task=TASK))} by the end, falling "
+        "toward audit_rate, 2%, as sampled traces accumulate). "
         f"Estimated cost saved: ${fly.cost_saved():.6f} "
         "(tracer_cost_saved_usd_total: each handled request not audited counts the mean "
         f"cost of the teacher calls stored so far; {TEACHER_MODEL} list prices via LiteLLM"
@@ -579,6 +585,7 @@ def demo_command(argv: Sequence[str]) -> int:
         min_coverage=args.min_coverage,
         embedder=args.embedder,
         horizon=args.horizon,
+        audit_boost=args.audit_boost,
         port=args.port,
     )
     for name in ("tracer", "LiteLLM", "litellm"):

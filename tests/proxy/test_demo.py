@@ -22,6 +22,9 @@ def test_demo_reaches_coverage_by_the_last_day(capsys, tmp_path):
     assert float(days["3"]) > 0.0, out
     assert "The flywheel, day by day" in out
     assert re.search(r"Estimated\s+cost\s+saved:\s+\$\d", out), out
+    assert re.search(
+        r"samples\s+more\s+of\s+its\s+traffic.*?\d+\.\d%\s+by\s+the\s+end", out, re.S
+    ), out
     assert (tmp_path / "artifacts" / "intents" / "current.json").is_file()
 
 
