@@ -65,6 +65,7 @@ class ProxyState:
         self._audits: set[asyncio.Task[None]] = set()
         self._rng = random.Random()
         self.sampled: dict[str, int] = {}  # valid traces that sample the traffic, by task
+        self._sampled_in_store: dict[str, tuple[int, int]] = {}  # (count, through trace id)
 
     def fallback_reason(self, task: str) -> str | None:
         return self.fallbacks.get(task)
@@ -102,10 +103,17 @@ class ProxyState:
         return sampling_rate(task.audit_rate, task.audit_boost, self.sampled.get(task.name, 0))
 
     async def count_sampled(self) -> None:
-        """Re-read the sampled-trace counts, which other workers' traces also move."""
+        """Re-read the sampled-trace counts, which other workers' traces also move.
+
+        Counted on from the last trace id seen, so a poll reads only new rows (a store
+        whose ids commit out of order, as Postgres sequences may, can be undercounted
+        by a few: the rate is a schedule, not a guarantee).
+        """
         for task in self.config.tasks:
-            count = await store.count_traces(self.engine, task.name, sampled_only=True)
-            self._set_sampled(task, count)
+            counted, through = self._sampled_in_store.get(task.name, (0, 0))
+            new, through = await store.count_sampled(self.engine, task.name, after_id=through)
+            self._sampled_in_store[task.name] = (counted + new, through)
+            self._set_sampled(task, counted + new)
 
     def _set_sampled(self, task: TaskConfig, count: int) -> None:
         self.sampled[task.name] = count

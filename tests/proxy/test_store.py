@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from proxy import store
 
 
@@ -38,4 +40,23 @@ async def test_a_full_queue_drops_and_counts(tmp_path):
     results = [writer.submit(trace(i)) for i in range(5)]  # not started: nothing drains
     assert results == [True, True, True, False, False]
     assert len(dropped) == 2 and writer.pending == 3
+    await engine.dispose()
+
+
+async def test_sampled_traces_are_counted_on_from_the_last_id(tmp_path):
+    engine = store.create_engine(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
+    await store.create_schema(engine)
+    writer = store.StoreWriter(engine, linger_s=0)
+    writer.start()
+    sources = ["teacher", "deferred", "audit", "explore", "deferred"]
+    for i, source in enumerate(sources):
+        writer.submit(replace(trace(i), source=source))
+    writer.submit(replace(trace(5, label=None), source="audit"))  # invalid: never calibrates
+    await writer.flush()
+    count, through = await store.count_sampled(engine, "t")
+    assert (count, through) == (3, 6)
+    assert await store.count_sampled(engine, "t", after_id=through) == (0, 6)
+    writer.submit(replace(trace(6), source="explore"))
+    await writer.close()
+    assert await store.count_sampled(engine, "t", after_id=through) == (1, 7)
     await engine.dispose()
