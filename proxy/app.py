@@ -129,6 +129,7 @@ class ProxyState:
         lower, _ = window.bounds()
         self.metrics.live_agreement.labels(task.name).set(window.agreement or 0.0)
         self.metrics.live_agreement_lower.labels(task.name).set(lower)
+        self.metrics.drift_score.labels(task.name).set(window.drift.score)
         verdict = window.verdict()
         if verdict is not None and task.name not in self.fallbacks:
             self.fallbacks[task.name] = verdict
@@ -156,6 +157,7 @@ class ProxyState:
         if self.fallbacks.pop(task, None) is not None:
             log.info("task %s: version %s passed the gate; fallback lifted", task, new.version)
         self.metrics.fallback.labels(task).set(0)
+        self.metrics.drift_score.labels(task).set(0)
         for gauge, key in [
             (self.metrics.calibration_agreement, "agreement"),
             (self.metrics.calibration_coverage, "coverage"),

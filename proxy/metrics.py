@@ -128,6 +128,13 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.drift_score = Gauge(
+            "tracer_drift_score",
+            "Evidence from audits that live agreement fell below target, as a share of "
+            "the fallback threshold (log scale): 1 falls back.",
+            ["task"],
+            registry=r,
+        )
         self.fallback = Gauge(
             "tracer_fallback_active",
             "1 while a task answers from the teacher only because live agreement fell.",
