@@ -82,6 +82,7 @@ class Day:
     refit: RefitOutcome | None = None
     refit_seconds: float = 0.0
     audits: int = 0  # handled requests also asked of the teacher, in the background
+    fallback: str | None = None  # why the task answered from the teacher only, at day's end
 
     def _count(self, *decisions: str) -> int:
         return sum(o.decision in decisions for o in self.outcomes)
@@ -286,6 +287,7 @@ class Flywheel:
         self.answered += result.deferred
         self.wait_for_traces()
         result.audits = int(self.audits_done() - audits_before)
+        result.fallback = self.state.fallback_reason(TASK)
         return result
 
     def audits_done(
@@ -536,6 +538,11 @@ def run(
                 f"{_pct(day.agreement_handled)}, teacher calls {day.teacher_calls}; "
                 f"refit: {refit_note(day, fly)}"
             )
+            if day.fallback is not None:
+                console.print(
+                    f"day {day.day}: the live audit put the task back on the teacher: "
+                    f"{day.fallback}"
+                )
             if on_day is not None:
                 on_day(day, fly)
         return days, fly
