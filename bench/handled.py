@@ -18,7 +18,9 @@ client and proxy share the cores. At full concurrency the openai clients are als
 the client's rate. Reported per run: p50/p99 latency, requests per second, the proxy's CPU
 per request (from /proc) and the clients' CPU per request. One at a time, each client is
 also run against a bare uvicorn app that returns a recorded handled reply: the floor of
-client and HTTP, so that what the proxy adds to a request's latency can be read off.
+client and HTTP, so that what the proxy adds to a request's latency can be read off; the
+one-at-a-time runs go in ``--rounds`` interleaved rounds (proxy, then floor, for each
+client), since this machine's noise moves a single run's p50 by a millisecond or more.
 
     .venv/bin/python bench/handled.py
     .venv/bin/python bench/handled.py --artifacts /tmp/b77-artifacts --requests 5000
@@ -40,7 +42,9 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -440,6 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--unloaded-requests", type=int, default=1000,
                    help="handled requests one at a time, for latency without queueing")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds of one-at-a-time runs (proxy, floor)")  # fmt: skip
     p.add_argument("--teacher-latency-ms", type=float, default=800.0)
     p.add_argument("--clients", default="openai,openai-aiohttp,aiohttp")
     p.add_argument("--processes", type=int, default=2,
@@ -492,26 +498,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                         )  # fmt: skip
                         print(run.row(), flush=True)
                         runs.append(run)
-                for kind in args.clients.split(","):
-                    run = asyncio.run(
-                        measure("handled", kind, url, pid, HANDLED_TASK, handled,
-                                args.unloaded_requests, 100, 1)
-                    )  # fmt: skip
-                    print(run.row(), flush=True)
-                    runs.append(run)
-                # The floor: the same clients, one at a time, against a bare uvicorn app that
-                # returns a recorded handled reply. What the proxy adds is the difference.
+                # One at a time, each client against the proxy and against a bare uvicorn app
+                # that returns a recorded handled reply (the floor of client and HTTP), in
+                # interleaved rounds so that the machine's noise falls on both alike.
                 reply = work / "reply.json"
                 record_reply(url, handled[0], reply)
                 with canned(reply, work / "canned.log") as (canned_url, canned_pid):
-                    for kind in args.clients.split(","):
-                        run = asyncio.run(
-                            measure("canned reply, no proxy (floor)", kind, canned_url,
-                                    canned_pid, HANDLED_TASK, handled, args.unloaded_requests,
-                                    100, 1)
-                        )  # fmt: skip
-                        print(run.row(), flush=True)
-                        runs.append(run)
+                    for _ in range(args.rounds):
+                        for kind in args.clients.split(","):
+                            for name, target, target_pid in (
+                                ("handled", url, pid),
+                                ("canned reply, no proxy (floor)", canned_url, canned_pid),
+                            ):
+                                run = asyncio.run(
+                                    measure(name, kind, target, target_pid, HANDLED_TASK,
+                                            handled, args.unloaded_requests, 100, 1)
+                                )  # fmt: skip
+                                print(run.row(), flush=True)
+                                runs.append(run)
                 for kind in args.clients.split(","):
                     run = asyncio.run(
                         measure(f"deferred ({args.teacher_latency_ms:.0f} ms teacher)", kind,
@@ -526,13 +530,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for run in runs:
         print(run.row())
-    floors = {r.client: r for r in runs if r.name.startswith("canned")}
-    for run in runs:
-        floor = floors.get(run.client)
-        if run.name == "handled" and run.concurrency == 1 and floor is not None:
-            added = 1000 * (run.pct(0.5) - floor.pct(0.5))
-            print(f"{run.client}, one at a time: the proxy adds {added:.2f} ms to the p50 of a "
-                  f"canned reply ({1000 * floor.pct(0.5):.2f} ms)")  # fmt: skip
+    # One at a time: each proxy run is followed by its floor run, same client and round.
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for run, floor in pairwise(runs):
+        if run.name == "handled" and run.concurrency == 1 and floor.name.startswith("canned"):
+            pairs.setdefault(run.client, []).append((1000 * run.pct(0.5), 1000 * floor.pct(0.5)))
+    for client, rounds in pairs.items():
+        proxied, floors = [p for p, _ in rounds], [f for _, f in rounds]
+        added = [p - f for p, f in rounds]
+        print(f"{client}, one at a time, {len(rounds)} rounds: p50 "
+              f"{', '.join(f'{x:.2f}' for x in proxied)} ms (median {median(proxied):.2f}); "
+              f"floor {', '.join(f'{x:.2f}' for x in floors)} (median {median(floors):.2f}); "
+              f"the proxy adds {', '.join(f'{x:.2f}' for x in added)} "
+              f"(median {median(added):.2f})")  # fmt: skip
     for run in runs:
         if run.name == "handled":
             p50, rps = 1000 * run.pct(0.5), run.n / run.wall_s
