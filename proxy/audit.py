@@ -28,14 +28,11 @@ Audit answers are stored as traces too, so training does not see deferred traffi
 
 from __future__ import annotations
 
-import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
 
 from scipy.stats import beta
-
-log = logging.getLogger("tracer.audit")
 
 WINDOW = 2000  # audits behind the live agreement gauges
 FALSE_ALARM_AUDITS = 2000  # the drift threshold is this over (1 - confidence)
