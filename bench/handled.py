@@ -23,9 +23,9 @@ one-at-a-time runs go in ``--rounds`` interleaved rounds (proxy, then floor, for
 client), since this machine's noise moves a single run's p50 by a millisecond or more.
 Each round runs twice, under ``--placements``: ``spread`` leaves the processes where the
 scheduler puts them; ``one-core`` pins every thread of the client, the proxy and the floor
-server to one CPU for that round. One at a time, a request and its reply cross between
-the processes twice; on this VM a wake-up across vCPUs costs more than the proxy's own
-work, so the two placements bound what a caller sees.
+server to the first allowed CPU for that round. One at a time, every request and its
+reply cross between two processes; spread, each crossing may be a wake-up across vCPUs,
+whose cost on a VM varies, and one-core takes those out of the figure.
 
     .venv/bin/python bench/handled.py
     .venv/bin/python bench/handled.py --artifacts /tmp/b77-artifacts --requests 5000
