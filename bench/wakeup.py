@@ -1,16 +1,18 @@
 """What an idle gap costs the next prediction on this machine.
 
 One at a time, each request reaches the proxy after its vCPU has sat idle through the
-client's turn (1-3 ms with the openai client). On a KVM guest the idle vCPU is halted
-once cpuidle's short poll gives up (the ``haltpoll`` driver), and the code that runs
-after the wake-up can run slower than the same code back to back. This times, in one
+client's turn (about 2 ms with the openai client). On a KVM guest the idle vCPU halts
+once cpuidle's poll limit has passed (the ``haltpoll`` driver; the limit is 0 on the
+machine of docs/benchmarks.md), and the code that runs after the wake-up can run slower
+than the same code back to back. This times, in one
 process and one thread, ``Router.predict`` on Banking77 test inputs and, for scale, a
 one-node ONNX graph and a small numpy expression, each call:
 
 - ``back-to-back``: right after the previous call;
 - ``sleep``: after a gap of ``time.sleep`` (the vCPU may idle), for each of ``--gaps-ms``;
 - ``spin``: after the same gap of busy waiting (never idle), so that what idling costs
-  can be told from what time alone costs (other work on the host wears the caches down).
+  can be told from what time alone costs (likely other work on the host wearing the
+  caches down).
 
 Conditions run in ``--rounds`` interleaved rounds. Medians of wall time and of the
 thread's CPU time are printed, with the cpuidle driver and haltpoll's poll limit.
