@@ -4,9 +4,9 @@ One at a time, each request reaches the proxy after its vCPU has sat idle throug
 client's turn (about 2 ms with the openai client). On a KVM guest the idle vCPU halts
 once cpuidle's poll limit has passed (the ``haltpoll`` driver; the limit is 0 on the
 machine of docs/benchmarks.md), and the code that runs after the wake-up can run slower
-than the same code back to back. This times, in one
-process and one thread, ``Router.predict`` on Banking77 test inputs and, for scale, a
-one-node ONNX graph and a small numpy expression, each call:
+than the same code back to back. This times, in one process and one thread,
+``Router.predict`` on Banking77 test inputs and, for scale, a one-node ONNX graph and a
+small numpy expression, each call:
 
 - ``back-to-back``: right after the previous call;
 - ``sleep``: after a gap of ``time.sleep`` (the vCPU may idle), for each of ``--gaps-ms``;
