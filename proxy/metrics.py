@@ -84,6 +84,12 @@ class Metrics:
             ["task", "outcome"],
             registry=r,
         )
+        self.refit_failures = Gauge(
+            "tracer_refit_failures_in_a_row",
+            "Refits of a task that failed (crashed, not refused) since its last other outcome.",
+            ["task"],
+            registry=r,
+        )
         self.model_info = Gauge(
             "tracer_model_info",
             "The model version each task serves (value 1).",

@@ -28,7 +28,7 @@ from . import store
 from .config import Config, TaskConfig
 from .metrics import Metrics
 from .models import LiveModels, ModelStore
-from .refit_worker import REFUSED
+from .refit_worker import FAILED, REFUSED
 
 log = logging.getLogger("tracer.refit")
 
@@ -72,6 +72,7 @@ class RefitLoop:
         self._task: asyncio.Task[None] | None = None
         self._last_attempt: dict[str, float] = {}
         self._fitting: set[str] = set()
+        self._failures: dict[str, int] = {}  # failed refits in a row, by task
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tracer-refit-loop")
@@ -158,16 +159,22 @@ class RefitLoop:
                 result = RefitOutcome("deployed", version)
             except Exception as exc:  # a bad artifact must not take the served one down
                 result = RefitOutcome("failed", version, f"could not serve: {exc}")
-        elif code == REFUSED and manifest is not None:
+        elif code in (REFUSED, FAILED) and manifest is not None:
             refusal = manifest.get("refusal") or {}
-            result = RefitOutcome("refused", version, str(refusal.get("reason") or "refused"))
+            outcome = "refused" if code == REFUSED else "failed"
+            result = RefitOutcome(outcome, version, str(refusal.get("reason") or outcome))
         else:
             result = RefitOutcome("failed", version, f"fit exited with {code}: {output[-500:]}")
         self.metrics.refits.labels(task.name, result.outcome).inc()
+        failures = self._failures[task.name] = (
+            self._failures.get(task.name, 0) + 1 if result.outcome == "failed" else 0
+        )
+        self.metrics.refit_failures.labels(task.name).set(failures)
         log.log(
             logging.INFO if result.outcome == "deployed" else logging.WARNING,
-            "task %s: refit %s %s%s", task.name, version, result.outcome,
+            "task %s: refit %s %s%s%s", task.name, version, result.outcome,
             f" ({result.reason})" if result.reason else "",
+            f"; {failures} failed refits in a row" if failures > 1 else "",
         )  # fmt: skip
         await store.record_refit(
             self.engine,
@@ -221,7 +228,9 @@ class RefitLoop:
     ) -> tuple[int, str]:
         with log_path.open("wb") as log_file:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "proxy.refit_worker",
+                # -P: the working directory is not on the child's import path, so a
+                # user's own training.py or router/ there cannot stand in for ours.
+                sys.executable, "-P", "-m", "proxy.refit_worker",
                 str(traces), str(out_dir), json.dumps(options),
                 stdout=log_file, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip

@@ -2,7 +2,8 @@
 
 Run by the refit loop as ``python -m proxy.refit_worker TRACES OUT OPTIONS_JSON``. This
 is the one place where `proxy` imports `training`. Exit status: 0 deployed,
-3 refused by the parity gate, anything else a failure.
+3 refused by the parity gate, 4 a failed fit (its manifest says why), anything
+else a crash.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 REFUSED = 3
+FAILED = 4
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,6 +27,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.fit import FitOptions, fit
 
     result = fit(traces, out_dir, FitOptions(**json.loads(options)))
+    if result.status == "failed":
+        return FAILED
     return 0 if result.deployed else REFUSED
 
 

@@ -53,10 +53,11 @@ def read_manifest(directory: Path, *, allow_refused: bool = False) -> dict[str, 
     recorded = manifest.get("manifest_sha256")
     if recorded != manifest_digest(manifest):
         raise ArtifactError(f"manifest checksum mismatch in {path}: the manifest was modified")
-    if manifest.get("status") == "refused" and not allow_refused:
+    if manifest.get("status") in ("refused", "failed") and not allow_refused:
         reason = manifest.get("refusal", {}).get("reason", "no reason recorded")
-        raise ArtifactRefused(f"artifact is a parity-gate refusal: {reason}", manifest)
-    if manifest.get("status") not in {"deployed", "refused"}:
+        what = "parity-gate refusal" if manifest["status"] == "refused" else "failed fit"
+        raise ArtifactRefused(f"artifact is a {what}: {reason}", manifest)
+    if manifest.get("status") not in {"deployed", "refused", "failed"}:
         raise ArtifactError(f"unknown artifact status {manifest.get('status')!r}")
     return manifest
 

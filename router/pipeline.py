@@ -21,7 +21,7 @@ from router.acceptor import ACCEPTOR_FEATURES
 from router.encoder import SentenceEncoder
 from router.errors import ArtifactError
 from router.fused import OUTPUTS, stitch
-from router.text import normalize_text
+from router.text import PAD_CHAR, normalize_text
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,22 @@ def _load(path: Path) -> onnx.ModelProto:
         raise ArtifactError(f"cannot read ONNX model {path.name}: {exc}") from exc
 
 
+def safe_padding(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Pad batched TF-IDF rows with `PAD_CHAR`, which no normalised text contains.
+
+    skl2onnx pads with '#': a row shorter than the batch's longest then picks up
+    n-grams such as "c#" that it does not have, so a batch scored differently from
+    one text at a time. Patched at load too, so artifacts fitted before the fix serve
+    exactly.
+    """
+    for node in model.graph.node:
+        if node.op_type == "Tokenizer":
+            for attr in node.attribute:
+                if attr.name == "pad_value":
+                    attr.s = PAD_CHAR.encode()
+    return model
+
+
 def _rename_output(model: onnx.ModelProto, name: str, to: str) -> None:
     """Give a stage's output the name the stitched graph expects."""
     if name == to:
@@ -84,12 +100,13 @@ class Pipeline:
             raise ArtifactError("manifest label list is empty or has duplicates")
         embedder = _require(manifest, "embedder", "root")
         self._parts: list[tuple[str, Any, float]] = []
-        text_file = None
+        text_model: onnx.ModelProto | None = None
         for part in _require(embedder, "parts", "embedder"):
             kind = _require(part, "kind", "embedder part")
             if kind == "tfidf":
                 text_file = directory / _require(part, "file", "embedder part")
-                sess = _session(text_file, threads)
+                text_model = safe_padding(_load(text_file))
+                sess = _session(text_model.SerializeToString(), threads, text_file.name)
                 self._parts.append(("tfidf", sess, float(part.get("weight", 1.0))))
             elif kind == "encoder":
                 enc = SentenceEncoder(
@@ -131,7 +148,8 @@ class Pipeline:
         # A lone TF-IDF part joins the graph: text in, scores out, one call a batch.
         kind, _, weight = self._parts[0]
         self._text_in = len(self._parts) == 1 and kind == "tfidf" and weight == 1.0
-        text_model = _load(text_file) if self._text_in and text_file is not None else None
+        if not self._text_in:
+            text_model = None
         try:
             scoring = stitch(
                 head,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 REFUSED_EXIT = 3
+FAILED_EXIT = 4
 
 
 def _labels_arg(value: str | None) -> list[str] | None:
@@ -130,6 +131,9 @@ def fit_command(argv: Sequence[str]) -> int:
     if result.status == "refused":
         print(f"tracer fit: refused: {result.manifest['refusal']['reason']}", file=sys.stderr)
         return REFUSED_EXIT
+    if result.status == "failed":
+        print(f"tracer fit: failed: {result.manifest['refusal']['reason']}", file=sys.stderr)
+        return FAILED_EXIT
     return 0
 
 

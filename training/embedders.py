@@ -27,6 +27,7 @@ from sklearn.pipeline import FeatureUnion
 
 from router.encoder import SentenceEncoder
 from router.manifest import sha256_file
+from router.pipeline import safe_padding
 
 # Word tokens: runs of anything but whitespace and ASCII punctuation. Not `\w`: the
 # ONNX regex engine (RE2) treats \w as ASCII-only, Python as Unicode, so "café"
@@ -97,7 +98,7 @@ class TfidfEmbedder:
                 options=options,
                 target_opset={"": 17, "ai.onnx.ml": 3},
             )
-        return standard_l2_normalizers(model)
+        return standard_l2_normalizers(safe_padding(model))
 
     def identity(self) -> dict[str, Any]:
         return {"kind": "tfidf", "dim": self.dim, "weight": self.weight, "params": self.params}

@@ -96,7 +96,7 @@ class FitOptions:
 
 @dataclass
 class FitResult:
-    status: str  # "deployed" | "refused"
+    status: str  # "deployed" | "refused" | "failed"
     manifest: dict[str, Any]
     out_dir: Path
     timings: dict[str, float] = field(default_factory=dict)
@@ -212,6 +212,8 @@ def fit(
         opts = FitOptions(**{**asdict(opts), **overrides})
     if not (0.0 < opts.target < 1.0 and 0.0 < opts.confidence < 1.0):
         raise ValueError("target and confidence must lie strictly between 0 and 1")
+    if opts.test_size + opts.calibration_size + opts.validation_size >= 1.0:
+        raise ValueError("split sizes leave nothing to fit on")
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -235,15 +237,16 @@ def fit(
             _run(traces, tmp, opts, manifest, progress)
             manifest["status"] = "deployed"
         except _Refusal as refusal:
-            manifest["status"] = "refused"
-            manifest["threshold"] = None
+            _ship_nothing(tmp, manifest, "refused")
             manifest["refusal"] = {
                 "code": refusal.code,
                 "reason": refusal.reason,
                 **refusal.figures,
             }
-            for p in tmp.iterdir():  # a refusal ships no model
-                p.unlink()
+        except Exception as exc:  # a bug or bad data: a recorded outcome, not a traceback
+            _ship_nothing(tmp, manifest, "failed")
+            manifest["refusal"] = {"code": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            progress.log(f"fit failed: {type(exc).__name__}: {exc}")
         manifest["timings"] = progress.timings
         manifest["fit_seconds"] = round(progress.elapsed(), 3)
         manifest = _finalize_manifest(manifest, tmp)
@@ -261,6 +264,17 @@ def fit(
                 progress.log(f"report failed: {exc}")
     progress.summary(manifest)
     return FitResult(manifest["status"], manifest, out_dir, progress.timings)
+
+
+def _ship_nothing(tmp: Path, manifest: dict[str, Any], status: str) -> None:
+    """A refused or failed fit publishes its manifest (with why) and no model."""
+    manifest["status"] = status
+    manifest["threshold"] = None
+    for p in tmp.iterdir():
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
 
 
 def _run(

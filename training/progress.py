@@ -88,7 +88,7 @@ class Progress:
             table.add_row("test coverage", f"{test['coverage']:.3f}")
             agr = test.get("agreement_handled")
             table.add_row("test agreement on handled", "-" if agr is None else f"{agr:.3f}")
-        if manifest["status"] == "refused":
-            table.add_row("refusal", str(manifest["refusal"]["reason"]))
+        if manifest["status"] in ("refused", "failed"):
+            table.add_row(manifest["status"], str(manifest["refusal"]["reason"]))
         table.add_row("time", f"{self.elapsed():.1f}s")
         self.console.print(table)

@@ -88,7 +88,7 @@ async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: P
 
         broken = task.model_copy(update={"embedder": str(tmp_path / "no-such-encoder")})
         crashed = await state.refit_loop.refit(broken)
-        assert crashed.outcome == "failed" and "exited with" in (crashed.reason or "")
+        assert crashed.outcome == "failed" and "encoder folder lacks" in (crashed.reason or "")
         assert state.models.store.current("intents") == "v0001"
         live = state.models.get("intents")
         assert live is not None and live.version == "v0001"
@@ -206,3 +206,46 @@ async def test_the_served_model_is_judged_by_the_coverage_it_delivered(tmp_path:
         await add_traces(state, coin_flip_intents())
         swapped = await state.refit_loop.refit(task)
         assert swapped.outcome == "deployed", swapped
+
+
+async def test_failing_refits_show_in_metrics_and_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    """A task whose fits keep failing says so: a gauge counts failures in a row, and each
+    is logged at warning level with its reason."""
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    task = state.config.tasks[0]
+    broken = task.model_copy(update={"embedder": str(tmp_path / "no-such-encoder")})
+    await state.start(refit=False)
+    try:
+        await add_traces(state, make_intents(300, seed=1))
+        with caplog.at_level("WARNING", logger="tracer.refit"):
+            for _ in range(2):
+                outcome = await state.refit_loop.refit(broken)
+                assert outcome.outcome == "failed"
+        gauge = state.metrics.registry.get_sample_value(
+            "tracer_refit_failures_in_a_row", {"task": "intents"}
+        )
+        assert gauge == 2
+        assert "2 failed refits in a row" in caplog.text and "encoder folder lacks" in caplog.text
+    finally:
+        await state.stop()
+
+
+async def test_a_users_modules_in_the_working_directory_cannot_replace_ours(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The refit child must not import a training.py that sits where `tracer serve` runs."""
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    marker = tmp_path / "decoy-imported"
+    (workdir / "training.py").write_text(
+        f"open({str(marker)!r}, 'w').write('x')\nraise SystemExit(9)\n"
+    )
+    (workdir / "router").mkdir()
+    (workdir / "router" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    monkeypatch.chdir(workdir)
+    async with serving_intents(tmp_path) as (state, _task):
+        live = state.models.get("intents")
+        assert live is not None and live.version == "v0001"
+    assert not marker.exists()

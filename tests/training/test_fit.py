@@ -173,3 +173,27 @@ def test_horizon_certifies_a_stricter_rate(tmp_path: Path) -> None:
         assert batch["calibration"]["coverage"] <= plain["calibration"]["coverage"]
     else:
         assert "on the next 500 handled inputs" in batch["refusal"]["reason"]
+
+
+def test_an_error_inside_a_fit_is_a_recorded_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bug or bad data mid-fit writes a `failed` manifest with the reason; the CLI says
+    it in one line and exits 4, with no traceback."""
+    import training.fit as fit_module
+    from training.cli import fit_command
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("ONNX export disagrees with sklearn")
+
+    monkeypatch.setattr(fit_module, "calibrate", broken)
+    traces = tmp_path / "traces.jsonl"
+    write_traces(traces, separable(60, seed=2))
+    out = tmp_path / "m"
+    code = fit_command([str(traces), "--out", str(out), "--quiet", "--candidates", "linear_svm"])
+    err = capsys.readouterr().err
+    assert code == 4
+    assert "failed: RuntimeError: ONNX export disagrees" in err and "Traceback" not in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "RuntimeError" in manifest["refusal"]["reason"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "report.html", "report.json"]

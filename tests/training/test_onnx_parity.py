@@ -41,3 +41,37 @@ def test_learned_acceptor_onnx_matches_sklearn() -> None:
     sess = _session(learned_to_onnx(model))
     got = sess.run(["probabilities"], {"acceptor_features": feats})[0][:, 1]
     assert np.abs(got - model.predict_proba(feats)[:, 1]).max() < 1e-5
+
+
+def test_tfidf_batches_equal_one_text_at_a_time_with_padding_like_characters() -> None:
+    """skl2onnx pads short rows with '#': "c#" in the vocabulary must not leak into them."""
+    corpus = ["c# or f#? i code in c#", "#39;s news #hashtag", "play some music", "a", "###"]
+    texts = [normalize_text(t) for t in corpus * 3]
+    emb = TfidfEmbedder(min_df_char=1).fit(texts)
+    sess = _session(emb.to_onnx())
+    odd = ["play some music", "c#", "it's &#39;fine&#39;", "x", "#", "a much longer text " * 9]
+    probe = [normalize_text(t) for t in odd]
+    batch = sess.run(None, {"text": np.array(probe, dtype=object).reshape(-1, 1)})[0]
+    one_by_one = np.vstack(
+        [sess.run(None, {"text": np.array([[t]], dtype=object)})[0] for t in probe]
+    )
+    ref = emb.transform(probe).toarray()
+    assert np.abs(batch - one_by_one).max() < 1e-6
+    assert np.abs(batch - ref).max() < 1e-5
+
+
+def test_router_serves_old_artifacts_with_safe_padding() -> None:
+    """An artifact exported with '#' padding scores batches exactly once loaded."""
+    from router.pipeline import safe_padding
+
+    texts = [normalize_text(t) for t in ["c# rocks", "play some music", "c# c# c#"] * 3]
+    emb = TfidfEmbedder(min_df_char=1).fit(texts)
+    model = emb.to_onnx()
+    for node in model.graph.node:  # as skl2onnx wrote it before the fix
+        for attr in node.attribute:
+            if attr.name == "pad_value":
+                attr.s = b"#"
+    fixed = _session(safe_padding(model))
+    probe = np.array([["play some music"], ["c# c# c# and much more text"]], dtype=object)
+    got = fixed.run(None, {"text": probe})[0]
+    assert np.abs(got - emb.transform(probe.ravel().tolist()).toarray()).max() < 1e-5
