@@ -23,14 +23,24 @@ from . import store
 from .audit import MAX_IN_FLIGHT, AuditWindow, sampling_rate
 from .chat import audit_handled, chat_completions, classify
 from .config import Config, ModelEntry, TaskConfig
-from .http import ClientError, Guard, client_error_handler, error_response, read_json_object
+from .errors import UpstreamError
+from .http import EXCEPTION_HANDLERS, ClientError, Guard, read_json_object
 from .metrics import Metrics
 from .models import LiveModel, LiveModels, ModelStore
 from .refit import RefitLoop
 from .tasks import TaskMatcher
-from .upstream import Upstream, UpstreamError, cost_of
+from .upstream import Upstream, cost_of
+from .validate import validate_embeddings
 
 log = logging.getLogger("tracer.proxy")
+
+# A report shows trace text, which is user input: the browser must neither sniff it
+# into something else nor run any script, whatever slipped through escaping.
+REPORT_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+}
 
 
 class ProxyState:
@@ -222,13 +232,11 @@ async def list_models(request: Request) -> JSONResponse:
 
 async def embeddings(request: Request) -> Response:
     state: ProxyState = request.app.state.tracer
-    body = await read_json_object(request, state.config.server.max_body_bytes)
-    model = body.get("model")
-    if not isinstance(model, str):
-        raise ClientError(400, "`model` is required and must be a string", param="model")
-    inputs = body.get("input")
-    if not (isinstance(inputs, str) or (isinstance(inputs, list) and inputs)):
-        raise ClientError(400, "`input` must be a string or a non-empty list", param="input")
+    body = await read_json_object(
+        request, state.config.server.max_body_bytes, state.config.server.read_timeout_seconds
+    )
+    validate_embeddings(body)
+    model = body["model"]
     entry = state.upstream.entry(model)
     if entry is None:
         raise ClientError(
@@ -241,7 +249,7 @@ async def embeddings(request: Request) -> Response:
         result = await state.upstream.embed(entry, body)
     except UpstreamError as err:
         state.metrics.upstream_errors.labels(err.kind).inc()
-        return error_response(err.status, err.message, err.error_type, err.code)
+        return err.response()
     return Response(result.body, media_type="application/json")
 
 
@@ -257,9 +265,8 @@ async def task_report(request: Request) -> Response:
     if path is None:
         raise ClientError(404, f"task `{task}` has no report yet", code="report_not_found")
     media = "application/json" if as_json else "text/html; charset=utf-8"
-    return FileResponse(
-        path, media_type=media, headers={"x-tracer-model-version": path.parent.name}
-    )
+    headers = {"x-tracer-model-version": path.parent.name, **REPORT_HEADERS}
+    return FileResponse(path, media_type=media, headers=headers)
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -304,7 +311,7 @@ def create_app(config: Config, metrics: Metrics | None = None, refit: bool = Tru
     app = Starlette(
         routes=routes,
         middleware=middleware,
-        exception_handlers={ClientError: client_error_handler},
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.tracer = state

@@ -21,53 +21,19 @@ from router import Decision as RouterDecision
 from router.chat import parse_label, render_label, synthesize_completion, synthesize_stream
 
 from . import store
+from .answers import Answer, Completion, CompletionStream
 from .config import ModelEntry, TaskConfig
-from .http import ClientError, error_body, error_response, read_json_object
+from .errors import UpstreamError
+from .http import ClientError, read_json_object
 from .metrics import NO_TASK
 from .models import LiveModel
 from .tasks import task_input
-from .upstream import Answer, Completion, CompletionStream, UpstreamError
+from .validate import validate_chat
 
 if TYPE_CHECKING:
     from .app import ProxyState
 
-_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-def validate_chat(body: Mapping[str, Any]) -> None:
-    """Refuse, with a message that says what is wrong, what the upstream would refuse."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise ClientError(400, "`model` is required and must be a string", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ClientError(
-            400, "`messages` is required and must be a non-empty list", param="messages"
-        )
-    for i, message in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(message, dict):
-            raise ClientError(400, f"{where} must be an object", param=where)
-        if message.get("role") not in _ROLES:
-            raise ClientError(
-                400, f"{where}.role must be one of {sorted(_ROLES)}", param=f"{where}.role"
-            )
-        content = message.get("content")
-        if not (content is None or isinstance(content, str) or _is_parts(content)):
-            raise ClientError(
-                400,
-                f"{where}.content must be a string or a list of content parts",
-                param=f"{where}.content",
-            )
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise ClientError(400, "`stream` must be a boolean", param="stream")
-
-
-def _is_parts(content: object) -> bool:
-    return isinstance(content, list) and all(
-        isinstance(p, dict) and isinstance(p.get("type"), str) for p in content
-    )
 
 
 @dataclass(frozen=True)
@@ -99,7 +65,9 @@ class Exchange:
 
 async def chat_completions(request: Request) -> Response:
     state: ProxyState = request.app.state.tracer
-    body = await read_json_object(request, state.config.server.max_body_bytes)
+    body = await read_json_object(
+        request, state.config.server.max_body_bytes, state.config.server.read_timeout_seconds
+    )
     validate_chat(body)
     task = state.matcher.match(body)
     if task is not None:
@@ -298,7 +266,7 @@ async def forward(
     state = exchange.state
     started = time.perf_counter()
     try:
-        result = await state.upstream.complete(entry, body, collect=on_answer is not None)
+        result = await state.upstream.complete(entry, body)
         if isinstance(result, Completion):
             upstream_seconds = time.perf_counter() - started
             state.metrics.upstream_latency.labels(exchange.task_label).observe(upstream_seconds)
@@ -312,7 +280,7 @@ async def forward(
     except UpstreamError as err:
         state.metrics.upstream_errors.labels(err.kind).inc()
         exchange.finish("error")
-        return error_response(err.status, err.message, err.error_type, err.code)
+        return err.response()
     except StopAsyncIteration:
         first = None
     events = _relay(exchange, first, result, started, decision, on_answer)
@@ -341,8 +309,7 @@ async def _relay(
         outcome = decision
     except UpstreamError as err:
         state.metrics.upstream_errors.labels(err.kind).inc()
-        event = json.dumps(error_body(err.message, err.error_type, err.code))
-        yield f"data: {event}\n\n".encode()
+        yield f"data: {json.dumps(err.body())}\n\n".encode()
     finally:
         exchange.finish(outcome)
 
@@ -362,7 +329,9 @@ async def _async_iter(items: list[bytes]) -> AsyncIterator[bytes]:
 async def classify(request: Request) -> Response:
     """`POST /v1/classify`: the label for one input, from the surrogate or the teacher."""
     state: ProxyState = request.app.state.tracer
-    body = await read_json_object(request, state.config.server.max_body_bytes)
+    body = await read_json_object(
+        request, state.config.server.max_body_bytes, state.config.server.read_timeout_seconds
+    )
     name, text = body.get("task"), body.get("input")
     if not isinstance(name, str):
         raise ClientError(400, "`task` is required and must be a string", param="task")
@@ -404,12 +373,18 @@ async def classify(request: Request) -> Response:
     except UpstreamError as err:
         state.metrics.upstream_errors.labels(err.kind).inc()
         exchange.finish("error")
-        return error_response(err.status, err.message, err.error_type, err.code)
+        return err.response()
     assert isinstance(result, Completion)
     seconds = time.perf_counter() - started
     state.metrics.upstream_latency.labels(task.name).observe(seconds)
     answer = TeacherAnswer(result.answer(), seconds)
     label = keep_answer(exchange, text, routed, answer)
+    if label is None:
+        exchange.finish("error")
+        return UpstreamError(
+            502, "invalid", f"the teacher's answer is not a valid label of task `{task.name}`",
+            "upstream_error",
+        ).response()  # fmt: skip
     exchange.finish(routed.decision)
     return JSONResponse(
         {

@@ -20,6 +20,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
+    from .server import ProxyServer, uvicorn_options
 
     config = load_config(args.config)
     host = args.host or config.server.host
@@ -29,15 +30,13 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(config),
-        host=host,
-        port=port,
+    options = uvicorn_options(
+        keep_alive_s=config.server.keep_alive_seconds,
+        read_timeout_s=config.server.read_timeout_seconds,
         log_level=args.log_level,
         access_log=args.access_log,
-        timeout_graceful_shutdown=10,
-        timeout_keep_alive=config.server.keep_alive_seconds,
     )
+    ProxyServer(uvicorn.Config(create_app(config), host=host, port=port, **options)).run()
     return 0
 
 

@@ -175,9 +175,22 @@ class ServerConfig(_Strict):
     # client always drops a pooled connection first: at equal timeouts a request can be
     # sent on a socket the server is closing, and fails with a connection error.
     keep_alive_seconds: int = Field(default=75, gt=0)
+    # A client must send a request's headers, and then its body, within this long.
+    read_timeout_seconds: float = Field(default=30.0, gt=0)
     # auto: OpenAI-compatible upstreams (openai/...) by byte relay, the rest by LiteLLM;
     # litellm: every call through LiteLLM (its callbacks and logging, at 5-10 ms of CPU a call).
     upstream_client: Literal["auto", "litellm"] = "auto"
+
+    @field_validator("api_keys")
+    @classmethod
+    def _no_blank_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for i, key in enumerate(keys):
+            if not key.get_secret_value().strip():
+                raise ValueError(
+                    f"api_keys[{i}] is empty or blank (an unset or empty environment "
+                    "variable?): an empty key would let anyone in"
+                )
+        return keys
 
     @model_validator(mode="after")
     def _keys_off_loopback(self) -> ServerConfig:

@@ -6,16 +6,23 @@ request, and the proxy's whole budget for added latency is a few milliseconds.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import json
-from collections.abc import Sequence
+import logging
+import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .metrics import Metrics
+
+log = logging.getLogger("tracer.http")
 
 _DRAIN_CAP = 256 * 1024 * 1024
 
@@ -39,6 +46,10 @@ class ClientError(Exception):
         self.param = param
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its body was read; nobody gets an answer."""
+
+
 def error_body(
     message: str, error_type: str, code: str | None = None, param: str | None = None
 ) -> dict[str, Any]:
@@ -56,29 +67,133 @@ async def client_error_handler(_request: Request, exc: Exception) -> JSONRespons
     return error_response(exc.status, exc.message, exc.error_type, exc.code, exc.param)
 
 
+async def http_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own 404 and 405, in OpenAI's shape rather than plain text."""
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message, code = f"no route {request.url.path}", "not_found"
+    elif exc.status_code == 405:
+        message, code = (
+            f"{request.method} is not allowed on {request.url.path}",
+            "method_not_allowed",
+        )
+    else:
+        message, code = str(exc.detail), None
+    return error_response(exc.status_code, message, "invalid_request_error", code)
+
+
+async def client_gone_handler(request: Request, exc: Exception) -> Response:
+    """One line for a client that hung up mid-upload; there is no one to answer."""
+    log.info("client disconnected before its request body arrived (%s)", request.url.path)
+    return Response(status_code=499)
+
+
+async def server_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    """A bug: the client gets OpenAI's error shape, the log gets the traceback."""
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(500, "internal error in the proxy", "server_error", "internal_error")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ClientError: client_error_handler,
+    ClientGone: client_gone_handler,
+    HTTPException: http_error_handler,
+    Exception: server_error_handler,
+}
+
+
 def too_large(limit: int) -> ClientError:
     return ClientError(413, f"request body is larger than {limit} bytes", code="request_too_large")
 
 
-async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, read no further than ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    raw = b"".join(chunks)
-    if not raw:
+# Bodies larger than this are parsed and checked in a worker thread: the event loop
+# never runs work that grows with what a client sends.
+PARSE_INLINE_BYTES = 64 * 1024
+# Nesting deeper than this is refused: no chat request needs it, and recursive code
+# (ours, LiteLLM's, the JSON encoder's) must never meet a depth it cannot handle.
+MAX_DEPTH = 64
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _walk(value: Any) -> Iterator[tuple[str, Any, int]]:
+    """(path, value, depth) of every value and key in a JSON document, iteratively."""
+    stack: list[tuple[str, Any, int]] = [("", value, 1)]
+    while stack:
+        path, item, depth = stack.pop()
+        yield path, item, depth
+        if isinstance(item, dict):
+            for key, child in item.items():
+                where = f"{path}.{key}" if path else str(key)
+                yield where, key, depth + 1
+                stack.append((where, child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
+
+
+def _check_document(raw: bytes, body: Any) -> None:
+    """Refuse nesting beyond MAX_DEPTH and text that is not valid Unicode (lone surrogates).
+
+    Both checks walk the document only when the raw bytes could hold the problem, so
+    an ordinary request pays two C-speed scans of its bytes.
+    """
+    deep = raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+    surrogates = _SURROGATE_ESCAPE.search(raw) is not None
+    if not (deep or surrogates):
+        return
+    for path, value, depth in _walk(body):
+        if depth > MAX_DEPTH:
+            raise ClientError(400, f"request body is nested deeper than {MAX_DEPTH} levels")
+        if surrogates and isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                field = path or "(body)"
+                raise ClientError(
+                    400, f"`{field}` holds a lone UTF-16 surrogate, which is not text", param=field
+                ) from None
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object, or a ClientError that says what is wrong."""
+    if not raw.strip():
         raise ClientError(400, "request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        body = json.loads(raw, parse_constant=_no_constants)
+    except RecursionError:
+        raise ClientError(400, f"request body is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers, NaN
         raise ClientError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise ClientError(400, "request body must be a JSON object")
+    _check_document(raw, body)
     return body
+
+
+async def read_json_object(request: Request, limit: int, timeout_s: float = 30.0) -> dict[str, Any]:
+    """The body as a JSON object, read no further than ``limit`` bytes nor ``timeout_s``."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ClientError(
+            408, f"request body not received within {timeout_s:g} s", code="request_timeout"
+        ) from None
+    except ClientDisconnect:
+        raise ClientGone from None
+    raw = b"".join(chunks)
+    if len(raw) > PARSE_INLINE_BYTES:
+        return await asyncio.to_thread(parse_json_object, raw)
+    return parse_json_object(raw)
 
 
 class Guard:
@@ -131,10 +246,15 @@ class Guard:
         return None
 
 
-async def _drain(receive: Receive) -> None:
-    """Consume the body before answering, so the client reads our status, not a reset."""
-    message: Message = await receive()
-    total = len(message.get("body", b""))
-    while message.get("more_body") and total < _DRAIN_CAP:
-        message = await receive()
-        total += len(message.get("body", b""))
+async def _drain(receive: Receive, timeout_s: float = 5.0) -> None:
+    """Consume the body before answering, so the client reads our status, not a reset.
+
+    Bounded in bytes and in time: a client that stops sending gets its answer anyway.
+    """
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            message: Message = await receive()
+            total = len(message.get("body", b""))
+            while message.get("more_body") and total < _DRAIN_CAP:
+                message = await receive()
+                total += len(message.get("body", b""))

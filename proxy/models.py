@@ -35,6 +35,9 @@ _VERSION = re.compile(r"^v(\d+)$")
 # issue's line is "about a millisecond"; a TF-IDF model takes 0.4-0.5 ms, so a lower
 # budget sent it to a thread whenever the cores were busy at load, for no gain.
 INLINE_BUDGET_S = 0.001
+# ... and so does any input longer than this: the embedders read at most
+# router.text.MAX_INPUT_CHARS of it, but even that is several times a typical request.
+INLINE_MAX_CHARS = 1000
 
 
 class ModelStore:
@@ -42,6 +45,7 @@ class ModelStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._warned: dict[str, tuple[int, int]] = {}  # pointer file -> state warned about
 
     def task_dir(self, task: str) -> Path:
         return self.root / task
@@ -61,15 +65,38 @@ class ModelStore:
         return f"v{int(existing[-1][1:]) + 1 if existing else 1:04d}"
 
     def pointer(self, task: str) -> dict[str, Any] | None:
+        """The task's pointer, or None when there is none or it cannot be trusted.
+
+        A pointer that is not UTF-8 JSON, or names anything but a version folder of this
+        task (``../elsewhere``, an absolute path), is ignored with one warning per
+        change of the file: the task keeps what it serves, or stays on the teacher.
+        """
         path = self.task_dir(task) / POINTER
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError) as exc:
-            log.warning("unreadable model pointer %s: %s", path, exc)
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8, not JSON
+            self._warn_once(path, f"unreadable model pointer {path}: {exc}")
             return None
-        return data if isinstance(data, dict) and isinstance(data.get("version"), str) else None
+        version = data.get("version") if isinstance(data, dict) else None
+        if not isinstance(version, str) or not _VERSION.match(version):
+            self._warn_once(
+                path, f"model pointer {path} names {version!r}, not a version of task {task}"
+            )
+            return None
+        self._warned.pop(str(path), None)
+        return data
+
+    def _warn_once(self, path: Path, message: str) -> None:
+        try:
+            stat = path.stat()
+            signature: tuple[int, int] = (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            signature = (0, 0)
+        if self._warned.get(str(path)) != signature:
+            self._warned[str(path)] = signature
+            log.warning("%s; ignoring it", message)
 
     def current(self, task: str) -> str | None:
         pointer = self.pointer(task)
@@ -142,7 +169,7 @@ class LiveModel:
         return self._calibration("coverage") or 0.0
 
     async def predict(self, text: str) -> Decision:
-        if self.inline:
+        if self.inline and len(text) <= INLINE_MAX_CHARS:
             return self.router.predict(text)
         return await asyncio.to_thread(self.router.predict, text)
 
@@ -175,6 +202,7 @@ class LiveModels:
         self.tasks = list(tasks)
         self.on_swap = on_swap
         self._live: dict[str, LiveModel] = {}
+        self._unservable: dict[str, str] = {}  # task -> a pointed-to version that failed to load
 
     def get(self, task: str) -> LiveModel | None:
         return self._live.get(task)
@@ -185,12 +213,16 @@ class LiveModels:
         live = self._live.get(task)
         if version is None or (live is not None and live.version == version):
             return live
+        if self._unservable.get(task) == version:
+            return live  # already refused and logged; tried again when the pointer moves
         try:
             router = Router.load(self.store.version_dir(task, version))
         except ArtifactError as exc:
+            self._unservable[task] = version
             log.error("task %s: cannot serve version %s, keeping %s: %s",
-                      task, version, live.version if live else "none", exc)  # fmt: skip
+                      task, version, live.version if live else "the teacher", exc)  # fmt: skip
             return live
+        self._unservable.pop(task, None)
         fresh = LiveModel(version, router, _measure_inline(router))
         self._live[task] = fresh  # the swap: one reference, atomic for readers
         if self.on_swap is not None:

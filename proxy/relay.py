@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -34,10 +34,11 @@ def relayable(entry: ModelEntry) -> bool:
 class RelayStatusError(Exception):
     """The upstream answered with an error status; its body is kept for the message."""
 
-    def __init__(self, status: int, body: bytes) -> None:
+    def __init__(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(f"upstream status {status}")
         self.status = status
         self.body = body
+        self.headers = dict(headers or {})
 
     def error_fields(self) -> tuple[str, str | None, str | None]:
         """(message, type, code) from an OpenAI-shaped error body, or the raw text."""
@@ -53,7 +54,8 @@ class RelayStatusError(Exception):
                 kind if isinstance(kind, str) else None,
                 code if isinstance(code, str) else None,
             )
-        return self.body.decode("utf-8", "replace")[:500] or f"status {self.status}", None, None
+        # Whole: the caller scrubs secrets from it before cutting it to length.
+        return self.body.decode("utf-8", "replace") or f"status {self.status}", None, None
 
 
 class Relay:
@@ -115,7 +117,7 @@ class Relay:
         async with resp:
             data = await resp.read()
             if resp.status != 200:
-                raise RelayStatusError(resp.status, data)
+                raise RelayStatusError(resp.status, data, resp.headers)
             return data
 
     async def stream(
@@ -129,7 +131,7 @@ class Relay:
         resp = await self._send(base + path, payload, headers, timeout)
         async with resp:
             if resp.status != 200:
-                raise RelayStatusError(resp.status, await resp.read())
+                raise RelayStatusError(resp.status, await resp.read(), resp.headers)
             async for chunk in resp.content.iter_any():
                 yield chunk
 

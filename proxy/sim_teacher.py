@@ -42,8 +42,10 @@ _UVICORN_OPTS: dict[str, Any] = {
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error"}
 _CONFIG_KEYS = frozenset((
     "labels", "latency_s", "jitter_s", "error_rate", "error_status", "noise", "output_format",
-    "json_field", "stream_chunk_chars", "chunk_delay_s", "require_key", "models",
+    "json_field", "stream_chunk_chars", "chunk_delay_s", "require_key", "models", "fault",
 ))  # fmt: skip
+# Broken answers a real upstream or a proxy in front of it can send with a 200.
+FAULTS = ("non_json", "truncated", "no_choices", "stream_cut", "stream_no_done", "error_event")
 
 
 @dataclass
@@ -56,11 +58,18 @@ class _Reject(Exception):
 
 
 async def _error(request: Request, exc: Exception) -> Response:
-    """OpenAI's error shape, so clients raise the same exception classes as against OpenAI."""
+    """OpenAI's error shape, so clients raise the same exception classes as against OpenAI.
+
+    A 429 carries the rate-limit headers OpenAI sends, for the proxy to pass on.
+    """
     assert isinstance(exc, _Reject)
     kind = _ERROR_TYPES.get(exc.status, "server_error" if exc.status >= 500 else None)
     err = {"message": exc.message, "type": kind or "invalid_request_error", "code": exc.code}
-    return JSONResponse({"error": err}, exc.status)
+    headers = RATE_LIMIT_HEADERS if exc.status == 429 else None
+    return JSONResponse({"error": err}, exc.status, headers=headers)
+
+
+RATE_LIMIT_HEADERS = {"retry-after": "7", "x-ratelimit-remaining-requests": "0"}
 
 
 def _new_counts() -> dict[str, Any]:
@@ -115,6 +124,7 @@ class SimulatedTeacher:
         chunk_delay_s: float = 0.0,
         require_key: str | None = None,
         models: Sequence[str] = ("sim-teacher",),
+        fault: str | None = None,
     ) -> None:
         self.answers: dict[str, str] = {k.strip(): v for k, v in answers.items()}
         self.relabel: dict[str, str] = {}
@@ -124,6 +134,7 @@ class SimulatedTeacher:
         self.output_format, self.json_field = output_format, json_field
         self.stream_chunk_chars, self.require_key = stream_chunk_chars, require_key
         self.models = list(models)
+        self.fault = fault  # one of FAULTS: every chat answer is broken that way
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # configure() runs on the caller's thread, not the loop's
         self._counts = _new_counts()
@@ -254,7 +265,8 @@ class SimulatedTeacher:
             "system_fingerprint": "fp_sim_teacher",
         }
         if body.get("stream"):
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            options = body.get("stream_options")
+            include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
             gen = self._stream(head, contents, usage if include_usage else None)
             return StreamingResponse(
                 gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
@@ -262,9 +274,14 @@ class SimulatedTeacher:
         await self._delay()
         replies = [{"role": "assistant", "content": c, "refusal": None} for c in contents]
         choices = [_choice(i, "stop", message=m) for i, m in enumerate(replies)]
-        return JSONResponse(
-            {**head, "object": "chat.completion", "choices": choices, "usage": usage}
-        )
+        completion = {**head, "object": "chat.completion", "choices": choices, "usage": usage}
+        if self.fault == "non_json":
+            return Response(b"<html>502 Bad Gateway</html>", media_type="text/html")
+        if self.fault == "truncated":
+            return Response(json.dumps(completion).encode()[:40], media_type="application/json")
+        if self.fault == "no_choices":
+            return JSONResponse({**completion, "choices": []})
+        return JSONResponse(completion)
 
     async def _stream(
         self, head: dict[str, Any], contents: list[str], usage: dict[str, int] | None
@@ -283,10 +300,17 @@ class SimulatedTeacher:
                 if self.chunk_delay_s > 0:
                     await asyncio.sleep(self.chunk_delay_s)
                 yield event([_choice(i, delta={"content": content[start : start + size]})])
+                if self.fault == "stream_cut":
+                    return  # the connection ends mid-answer: no finish_reason, no [DONE]
+            if self.fault == "error_event":
+                error = {"message": "Simulated failure mid-stream.", "type": "server_error"}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+                return
             yield event([_choice(i, "stop", delta={})])
         if usage is not None:
             yield event([], usage=usage)
-        yield "data: [DONE]\n\n"
+        if self.fault != "stream_no_done":
+            yield "data: [DONE]\n\n"
 
     async def _embeddings(self, request: Request) -> Response:
         body = await self._admit(request)

@@ -32,7 +32,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DisconnectionError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -148,7 +148,7 @@ class Decision:
 Record = Trace | Decision
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
     """An async engine; SQLite gets WAL so readers (export, refit) never block the writer."""
     engine = create_async_engine(url)
     if make_url(url).get_backend_name() == "sqlite":
@@ -158,7 +158,7 @@ def create_engine(url: str) -> AsyncEngine:
             cursor = dbapi_conn.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.execute("PRAGMA busy_timeout=5000")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
             cursor.close()
 
     return engine
@@ -180,6 +180,7 @@ class StoreWriter:
         on_dropped: Callable[[Record], None] | None = None,
         batch_size: int = 500,
         linger_s: float = 0.05,
+        retry_s: float = 60.0,
     ) -> None:
         self.engine = engine
         self.queue_size = queue_size
@@ -189,6 +190,7 @@ class StoreWriter:
         # Wait this long after the first record for others, so that light traffic is
         # not written one transaction per request.
         self.linger_s = linger_s
+        self.retry_s = retry_s  # how long a busy store is retried before records are dropped
         self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
 
@@ -221,39 +223,84 @@ class StoreWriter:
                 self._queue.task_done()
 
     async def _write(self, batch: list[Record]) -> None:
-        traces = [_trace_row(r) for r in batch if isinstance(r, Trace)]
-        decisions = [asdict(r) for r in batch if isinstance(r, Decision)]
-        try:
-            async with self.engine.begin() as conn:
-                if traces:
-                    await conn.execute(insert(TraceRow), traces)
-                if decisions:
-                    await conn.execute(insert(DecisionRow), decisions)
-        except Exception:
-            log.exception("store write failed; %d records lost", len(batch))
-            if self.on_dropped is not None:
-                for record in batch:
-                    self.on_dropped(record)
+        """Write a batch; retry a busy store, and never let one bad row sink the others.
+
+        A locked or unreachable store is retried with backoff for up to `retry_s`. Any
+        other failure splits the batch in halves, down to the one row that cannot be
+        written, which alone is dropped (and counted).
+        """
+        delay, deadline = 0.05, time.monotonic() + self.retry_s
+        while True:
+            try:
+                await self._insert(batch)
+            except Exception as exc:
+                if _transient(exc) and time.monotonic() + delay < deadline:
+                    log.warning("store busy (%s); retrying %d records in %.2f s",
+                                type(exc).__name__, len(batch), delay)  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                if len(batch) > 1:
+                    half = len(batch) // 2
+                    await self._write(batch[:half])
+                    await self._write(batch[half:])
+                    return
+                log.error("store write failed; 1 %s record lost: %s",
+                          type(batch[0]).__name__, exc)  # fmt: skip
+                if self.on_dropped is not None:
+                    self.on_dropped(batch[0])
+                return
+            if self.on_stored is not None:
+                self.on_stored(batch)
             return
-        if self.on_stored is not None:
-            self.on_stored(batch)
+
+    async def _insert(self, batch: list[Record]) -> None:
+        traces = [_trace_row(r) for r in batch if isinstance(r, Trace)]
+        decisions = [_storable_row(asdict(r)) for r in batch if isinstance(r, Decision)]
+        async with self.engine.begin() as conn:
+            if traces:
+                await conn.execute(insert(TraceRow), traces)
+            if decisions:
+                await conn.execute(insert(DecisionRow), decisions)
 
     async def flush(self) -> None:
         await self._queue.join()
 
-    async def close(self) -> None:
-        """Write what is queued, then stop: called on shutdown."""
+    async def close(self, timeout_s: float = 30.0) -> None:
+        """Write what is queued, then stop: called on shutdown, bounded by `timeout_s`."""
         if self._task is None:
             return
-        await self.flush()
+        try:
+            await asyncio.wait_for(self.flush(), timeout_s)
+        except TimeoutError:
+            log.error("shutdown: %d queued records abandoned after %.0f s of trying to write",
+                      self.pending, timeout_s)  # fmt: skip
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
 
 
+def _transient(exc: BaseException) -> bool:
+    """A store that is busy or away for a while, not a row it cannot take."""
+    return isinstance(exc, OperationalError | InterfaceError | DisconnectionError | OSError)
+
+
+def storable(text: str) -> str:
+    """Text every backend can hold: lone surrogates and NUL become U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _storable_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: storable(v) if isinstance(v, str) else v for k, v in row.items()}
+
+
 def _trace_row(trace: Trace) -> dict[str, Any]:
-    row = asdict(trace)
+    row = _storable_row(asdict(trace))
     row["valid"] = trace.valid
     return row
 

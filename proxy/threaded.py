@@ -15,6 +15,8 @@ from typing import Any
 
 import uvicorn
 
+from .server import ProxyServer
+
 
 @contextlib.contextmanager
 def serve_in_thread(
@@ -42,7 +44,7 @@ def serve_in_thread(
             "timeout_keep_alive": 75,  # longer than clients' pools keep idle connections
         }
         options.update(uvicorn_options)
-        server = uvicorn.Server(uvicorn.Config(app, **options))
+        server = ProxyServer(uvicorn.Config(app, **options))
         thread = threading.Thread(
             target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True
         )

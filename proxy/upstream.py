@@ -17,8 +17,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 # LiteLLM fetches a price map from the network at import unless told otherwise.
@@ -27,95 +26,17 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 import httpx
 import litellm
 
+from .answers import Completion, CompletionStream
 from .config import Config, ModelEntry
+from .errors import UpstreamError, passed_on
 from .relay import Relay, RelayStatusError, is_timeout, is_unreachable, relayable
+from .validate import CHAT_PARAMS, EMBEDDING_PARAMS
 
 # Keys LiteLLM adds to OpenAI's objects; a client of the proxy should not see them.
 _LITELLM_FIELDS = frozenset({"provider_specific_fields"})
 # Keys in OpenAI-style messages are masked like "sk-abc***xyz"; drop even those.
 _KEY_LIKE = re.compile(r"\b(sk|key|tok)-[A-Za-z0-9_\-*]{6,}")
-
-
-@dataclass(eq=False)
-class UpstreamError(Exception):
-    """A failure to relay, already mapped to what the client is told."""
-
-    status: int
-    kind: str  # timeout | unreachable | status_4xx | status_5xx | other
-    message: str
-    error_type: str
-    code: str | None = None
-
-
-@dataclass
-class Answer:
-    """What the teacher said, read from a response only when a trace needs it."""
-
-    content: str | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-
-@dataclass
-class Completion:
-    body: bytes
-
-    def answer(self) -> Answer:
-        try:
-            data = json.loads(self.body)
-        except ValueError:
-            return Answer()
-        choices = data.get("choices") or [{}]
-        content = (choices[0].get("message") or {}).get("content")
-        return Answer(content if isinstance(content, str) else None, *_usage(data.get("usage")))
-
-
-@dataclass
-class CompletionStream:
-    """Server-sent event bytes; with ``collect``, the events are also read for the trace."""
-
-    chunks: AsyncIterator[bytes]
-    collect: bool
-    _buffer: bytes = b""
-    _parts: list[str] = field(default_factory=list)
-    _usage: tuple[int | None, int | None] = (None, None)
-
-    def __aiter__(self) -> CompletionStream:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await anext(self.chunks)
-        if self.collect:
-            self._feed(chunk)
-        return chunk
-
-    def _feed(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        *events, self._buffer = re.split(rb"\r?\n\r?\n", self._buffer)
-        for event in events:
-            for line in event.splitlines():
-                if not line.startswith(b"data:") or line[5:].strip() == b"[DONE]":
-                    continue
-                try:
-                    data = json.loads(line[5:])
-                except ValueError:
-                    continue
-                for choice in data.get("choices") or []:
-                    if choice.get("index", 0) == 0:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if isinstance(piece, str):
-                            self._parts.append(piece)
-                if data.get("usage"):
-                    self._usage = _usage(data["usage"])
-
-    def answer(self) -> Answer:
-        return Answer("".join(self._parts), *self._usage)
-
-
-def _usage(usage: Any) -> tuple[int | None, int | None]:
-    if not isinstance(usage, dict):
-        return None, None
-    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+MAX_MESSAGE = 2000  # characters of an upstream error message passed on
 
 
 class Upstream:
@@ -145,37 +66,54 @@ class Upstream:
         return self._relay_on and relayable(entry)
 
     async def complete(
-        self, entry: ModelEntry, body: dict[str, Any], collect: bool = False
+        self, entry: ModelEntry, body: dict[str, Any]
     ) -> Completion | CompletionStream:
-        """Send a chat completion; a stream is returned once its first bytes arrived."""
+        """Send a chat completion; a stream is returned before its first bytes are read.
+
+        A 200 that is not a whole completion raises UpstreamError (502) like any failure.
+        """
         stream = bool(body.get("stream"))
         try:
             if self._relayed(entry):
                 if not stream:
-                    return Completion(await self._relay.post(entry, "/chat/completions", body))
+                    raw = await self._relay.post(entry, "/chat/completions", body)
+                    return Completion.checked(raw)
                 chunks = self._mapped(self._relay.stream(entry, "/chat/completions", body))
             else:
-                result = await litellm.acompletion(**self._litellm_kwargs(entry, body))
+                result = await litellm.acompletion(**self._litellm_kwargs(entry, body, CHAT_PARAMS))
                 if not stream:
-                    return Completion(openai_json(result).encode())
+                    return Completion.checked(openai_json(result).encode())
                 chunks = self._mapped(_litellm_events(result))
+        except UpstreamError:
+            raise
         except Exception as exc:
             raise self.map_error(exc) from None
-        return CompletionStream(chunks, collect)
+        return CompletionStream(chunks)
 
     async def embed(self, entry: ModelEntry, body: dict[str, Any]) -> Completion:
         try:
             if self._relayed(entry):
-                return Completion(await self._relay.post(entry, "/embeddings", body))
-            result = await litellm.aembedding(**self._litellm_kwargs(entry, body))
-            return Completion(openai_json(result).encode())
+                return Completion.checked(
+                    await self._relay.post(entry, "/embeddings", body), "embeddings"
+                )
+            result = await litellm.aembedding(**self._litellm_kwargs(entry, body, EMBEDDING_PARAMS))
+            return Completion.checked(openai_json(result).encode(), "embeddings")
+        except UpstreamError:
+            raise
         except Exception as exc:
             raise self.map_error(exc) from None
 
-    def _litellm_kwargs(self, entry: ModelEntry, body: dict[str, Any]) -> dict[str, Any]:
-        kwargs = {k: v for k, v in body.items() if k != "model"}
+    def _litellm_kwargs(
+        self, entry: ModelEntry, body: dict[str, Any], allowed: Collection[str]
+    ) -> dict[str, Any]:
+        """The request's own parameters (allow-listed again here), then the config's.
+
+        Nothing from the body may reach LiteLLM's control arguments: the config alone
+        says where the call goes, with which key and timeout.
+        """
+        kwargs = {k: v for k, v in body.items() if k in allowed and k != "model"}
         kwargs.update(entry.litellm_params.call_kwargs())
-        kwargs.setdefault("timeout", self._timeout)
+        kwargs["timeout"] = entry.litellm_params.timeout or self._timeout
         kwargs["max_retries"] = 0
         kwargs["num_retries"] = 0
         return kwargs
@@ -194,11 +132,28 @@ class Upstream:
         return _KEY_LIKE.sub("***", text)
 
     def map_error(self, exc: BaseException) -> UpstreamError:
-        """Upstream 4xx as is; 5xx and no connection 502; timeout 504."""
+        """Upstream 4xx as is; 5xx and no connection 502; timeout 504.
+
+        Secrets are scrubbed from the whole text before it is cut to length, so a key
+        that straddles the cut cannot leak its first characters.
+        """
         if isinstance(exc, RelayStatusError):
             message, error_type, code = exc.error_fields()
-            return self._status_error(exc.status, self.scrub(message), error_type, code)
-        message = self.scrub(_message(exc))
+            error = self._status_error(
+                exc.status, self.scrub(message)[:MAX_MESSAGE], error_type, code
+            )
+            error.headers = passed_on(exc.headers)
+            return error
+        error = self._map_exception(exc, self.scrub(_message(exc))[:MAX_MESSAGE])
+        response = getattr(exc, "response", None)
+        headers = getattr(exc, "litellm_response_headers", None) or getattr(
+            response, "headers", None
+        )
+        if isinstance(headers, Mapping):
+            error.headers = passed_on(headers)
+        return error
+
+    def _map_exception(self, exc: BaseException, message: str) -> UpstreamError:
         if _is_timeout(exc):
             return UpstreamError(504, "timeout", f"upstream timed out: {message}", "timeout")
         if _is_unreachable(exc):
@@ -261,7 +216,7 @@ def _is_unreachable(exc: BaseException) -> bool:
 def _message(exc: BaseException) -> str:
     text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
     # LiteLLM prefixes its provider chain ("litellm.BadRequestError: OpenAIException - ...").
-    return re.sub(r"^(litellm\.\w+: )?(\w+Exception - )?", "", str(text)).strip()[:2000]
+    return re.sub(r"^(litellm\.\w+: )?(\w+Exception - )?", "", str(text)).strip()
 
 
 def _error_type(status: int) -> str:

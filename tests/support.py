@@ -64,9 +64,14 @@ def proxy_config(
 def running_proxy(config: Config) -> Iterator[str]:
     """A real uvicorn server with the proxy app; yields its base URL ending in /v1."""
     from proxy.app import create_app
+    from proxy.server import uvicorn_options
     from proxy.threaded import serve_in_thread
 
-    with serve_in_thread(create_app(config), name="tracer-proxy") as url:
+    options = uvicorn_options(
+        keep_alive_s=config.server.keep_alive_seconds,
+        read_timeout_s=config.server.read_timeout_seconds,
+    )
+    with serve_in_thread(create_app(config), name="tracer-proxy", **options) as url:
         yield f"{url}/v1"
 
 

@@ -33,8 +33,16 @@ svg text{font:11px system-ui,sans-serif;fill:#39434d}
 """
 
 
+# Bidirectional controls can make trace text display reversed or hide what it says
+# ("Trojan Source"); they are shown as visible code points instead.
+_BIDI_VISIBLE = {
+    c: f"<U+{c:04X}>"
+    for c in (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+
+
 def esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
+    return html.escape(str(value).translate(_BIDI_VISIBLE), quote=True)
 
 
 def pct(value: object, digits: int = 1) -> str:

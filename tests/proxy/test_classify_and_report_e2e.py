@@ -117,6 +117,9 @@ def test_report_route_serves_the_latest_report_behind_the_key(served):
     page = httpx.get(f"{base}/tasks/intents/report", headers=auth)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "Clusters" in page.text and page.headers["x-tracer-model-version"] == "v0001"
+    assert page.headers["x-content-type-options"] == "nosniff"
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src" not in csp
     data = httpx.get(f"{base}/tasks/intents/report?format=json", headers=auth).json()
     assert data["version"] == "v0001" and data["clusters"]
     missing = httpx.get(f"{base}/tasks/other/report", headers=auth)

@@ -65,3 +65,25 @@ async def test_a_dropped_connection_is_retried_once_and_an_answer_never():
         await relay.close()
         server.close()
         await server.wait_closed()
+
+
+def test_a_secret_straddling_the_cut_is_scrubbed_whole():
+    """The message is scrubbed before it is cut to length: no prefix of a key survives."""
+    from proxy.upstream import MAX_MESSAGE, Upstream
+
+    key = "sk-live-0123456789abcdefghij0123456789"
+    config = parse_config(
+        {
+            "model_list": [
+                {"model_name": "m", "litellm_params": {"model": "openai/m", "api_key": key}}
+            ]
+        },
+        env={},
+    )
+    upstream = Upstream(config)
+    cuts = (500, MAX_MESSAGE)  # where the relay and the mapper used to cut before scrubbing
+    for offset in [o for cut in cuts for o in range(cut - len(key), cut + 1)]:
+        body = ("x" * offset + key + " tail").encode()
+        error = upstream.map_error(RelayStatusError(400, body))
+        assert "sk-live" not in error.message and key[:12] not in error.message
+        assert len(error.message) <= MAX_MESSAGE

@@ -144,3 +144,62 @@ def test_canary_key_reaches_the_upstream_and_nothing_else(tmp_path):
     ]
     assert "exported 1 traces" in result.stderr
     assert CANARY not in result.stdout + result.stderr
+
+
+def test_a_second_sigint_during_shutdown_still_flushes_every_trace(tmp_path):
+    """While the store is locked, traces queue up (more than one batch of 500); two
+    Ctrl-Cs must not abandon them: every answered request's trace is written."""
+    import signal
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    sim = SimulatedTeacher(ANSWERS, labels=LABELS)
+    db, config, log = tmp_path / "t.db", tmp_path / "config.yaml", tmp_path / "serve.log"
+    port = free_port()
+    with run_sim_teacher(sim) as teacher_url:
+        write_config(config, teacher_url, db, port)
+        env = {**os.environ, "CANARY_UPSTREAM_KEY": "k"}
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)],
+                stdout=out, stderr=subprocess.STDOUT, env=env,
+            )  # fmt: skip
+            url = f"http://127.0.0.1:{port}"
+            wait_ready(url, proc)
+            texts = list(ANSWERS)
+            lock = sqlite3.connect(db, isolation_level=None, timeout=30)
+            lock.execute("BEGIN EXCLUSIVE")
+
+            def send(start: int) -> int:
+                ok = 0
+                with httpx.Client(timeout=30) as client:
+                    for i in range(start, 800, 8):
+                        text = f"{texts[i % len(texts)]} {i}"
+                        body = {
+                            "model": "banking-intent",
+                            "messages": [{"role": "user", "content": text}],
+                        }
+                        r = client.post(f"{url}/v1/chat/completions", json=body)
+                        ok += r.status_code == 200
+                return ok
+
+            with ThreadPoolExecutor(8) as pool:
+                answered = sum(pool.map(send, range(8)))
+            assert answered == 800
+            # A request in flight makes shutdown wait for its connection, as on a busy
+            # server: the second Ctrl-C then lands before the application's shutdown.
+            sim.configure(latency_s=20.0)
+            slow = ThreadPoolExecutor(1)
+            slow.submit(send, 7)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.3)
+            proc.send_signal(signal.SIGINT)
+            time.sleep(2.0)
+            lock.execute("COMMIT")
+            lock.close()
+            proc.wait(timeout=90)
+            slow.shutdown(wait=True, cancel_futures=True)
+    with sqlite3.connect(db) as conn:
+        stored = conn.execute("select count(*) from traces").fetchone()[0]
+    assert stored == 800, log.read_text()[-3000:]

@@ -60,3 +60,64 @@ async def test_sampled_traces_are_counted_on_from_the_last_id(tmp_path):
     await writer.close()
     assert await store.count_sampled(engine, "t", after_id=through) == (1, 7)
     await engine.dispose()
+
+
+async def test_one_unstorable_row_never_takes_the_batch_with_it(tmp_path):
+    """A lone surrogate or a NUL is made storable (U+FFFD); a row that still fails is
+    dropped alone, and every other row of its batch is written."""
+    engine = store.create_engine(f"sqlite+aiosqlite:///{tmp_path / 's.db'}")
+    await store.create_schema(engine)
+    dropped: list[store.Record] = []
+    writer = store.StoreWriter(engine, on_dropped=dropped.append)
+    writer.start()
+    for i in range(300):
+        text = f"text {i}" + ("\ud800" if i == 7 else "") + ("\x00" if i == 8 else "")
+        writer.submit(replace(trace(i), input=text, raw_output="a\udc00" if i == 9 else "a"))
+    writer.submit(store.Decision(task="t", decision="handled", reason="\ud800", latency_ms=1.0))
+    # A row no schema takes (a label longer than the column is fine in SQLite, so force
+    # a type error): alone in failing.
+    writer.submit(replace(trace(300), latency_ms="not a number"))  # type: ignore[arg-type]
+    await writer.close()
+    rows = [row async for row in store.iter_traces(engine, "t")]
+    assert len(rows) == 300
+    assert rows[7]["input"] == "text 7\ufffd" and rows[8]["input"] == "text 8\ufffd"
+    assert rows[9]["raw_output"] == "a\ufffd"
+    assert len(dropped) == 1 and dropped[0].input == "text 300"
+    await engine.dispose()
+
+
+async def test_a_locked_store_is_retried_before_anything_is_dropped(tmp_path):
+    """Another process holds the database locked for longer than SQLite waits: the writer
+    backs off and retries, and loses nothing."""
+    import asyncio
+    import sqlite3
+    import threading
+
+    db = tmp_path / "s.db"
+    engine = store.create_engine(f"sqlite+aiosqlite:///{db}", busy_timeout_ms=100)
+    await store.create_schema(engine)
+    dropped: list[store.Record] = []
+    writer = store.StoreWriter(engine, on_dropped=dropped.append, linger_s=0)
+    writer.start()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(10)
+        conn.execute("COMMIT")
+        conn.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    await asyncio.to_thread(locked.wait, 5)
+    for i in range(500):
+        writer.submit(trace(i))
+    await asyncio.sleep(1.5)  # many of SQLite's own 100 ms waits
+    release.set()
+    await asyncio.to_thread(holder.join)
+    await writer.close()
+    assert dropped == []
+    assert await store.count_traces(engine, "t") == 500
+    await engine.dispose()

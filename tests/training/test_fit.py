@@ -197,3 +197,15 @@ def test_an_error_inside_a_fit_is_a_recorded_failure(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "RuntimeError" in manifest["refusal"]["reason"]
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "report.html", "report.json"]
+
+
+def test_the_embedder_reads_a_bounded_prefix_of_any_input(deployed_artifact: FitResult) -> None:
+    """Scoring cost must not grow with what a client sends: 4 MB scores like its prefix."""
+    from router import Router
+    from router.text import MAX_INPUT_CHARS, normalize_text
+
+    router = Router.load(deployed_artifact.out_dir)
+    head = "where is my card " * 300
+    huge = head + "x" * 4_000_000
+    assert len(normalize_text(huge)) <= MAX_INPUT_CHARS
+    assert router.predict(huge) == router.predict(huge[:MAX_INPUT_CHARS])

@@ -98,6 +98,19 @@ def test_html_escapes_hostile_trace_text(artifact, tmp_path):
     assert "<script" not in html.lower() and "&lt;script&gt;" in html
 
 
+def test_bidi_controls_in_trace_text_are_shown_not_obeyed(artifact):
+    out, _ = artifact
+    report = json.loads((out / "report.json").read_text())
+    hostile = "refund \u202egnp.exe\u202c and \u2067isolate\u2069 \u200fmark"
+    report["disagreements"].insert(
+        0, {"teacher": "t\u202e", "surrogate": "s", "count": 1, "handled": 0, "examples": [hostile]}
+    )
+    page = render_html(report)
+    for char in "\u202e\u202c\u2067\u2069\u200f":
+        assert char not in page
+    assert "&lt;U+202E&gt;gnp.exe&lt;U+202C&gt;" in page
+
+
 def test_refusal_report_says_why(tmp_path):
     import random
 

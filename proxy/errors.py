@@ -1,0 +1,44 @@
+"""Upstream failures, already mapped to what the client is told."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from starlette.responses import JSONResponse
+
+# Headers of an upstream error that tell a client when to retry; passed on as they are.
+PASSED_ON = ("retry-after", "retry-after-ms")
+PASSED_ON_PREFIX = "x-ratelimit-"
+
+
+def passed_on(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """The rate-limit headers of an upstream answer, for the client's own back-off."""
+    if not headers:
+        return {}
+    return {
+        k.lower(): v
+        for k, v in headers.items()
+        if k.lower() in PASSED_ON or k.lower().startswith(PASSED_ON_PREFIX)
+    }
+
+
+@dataclass(eq=False)
+class UpstreamError(Exception):
+    """A failed upstream call: the status and OpenAI error fields the client gets."""
+
+    status: int
+    kind: str  # timeout | unreachable | status_4xx | status_5xx | invalid | other
+    message: str
+    error_type: str
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict[str, object]:
+        return {
+            "error": {"message": self.message, "type": self.error_type, "param": None,
+                      "code": self.code}
+        }  # fmt: skip
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
