@@ -5,7 +5,7 @@ proxy 2,000 requests a day. The teacher is the labels: a simulated teacher answe
 input with its Banking77 label, at 0 ms latency. At each day's end the proxy's refit loop
 fits on every trace stored so far (the teacher's answers to the requests it was sent),
 behind the parity gate at alpha = 0.95, confidence 0.95. The machinery is `tracer demo`'s
-(``proxy.demo``): an in-process proxy, the official openai client, refits called directly.
+(``proxy.sim.demo``): an in-process proxy, the official openai client, refits called directly.
 
     .venv/bin/python bench/flywheel.py
     .venv/bin/python bench/flywheel.py --per-day 2000 --days 5 --concurrency 16
@@ -29,7 +29,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from rich.console import Console  # noqa: E402
 
-from proxy.demo import Day, Settings, load_rows, percentile, run  # noqa: E402
+from proxy.sim.demo import Day, Settings, load_rows, percentile, run  # noqa: E402
 
 DATASET = REPO.parent / "shared" / "datasets" / "banking77"
 MINILM = REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2-onnx-int8"

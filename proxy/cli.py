@@ -151,7 +151,7 @@ DELEGATED = {
     "fit": ("training.cli", "fit_command", "fit a surrogate on a trace file"),
     "eval": ("training.cli", "eval_command", "evaluate an artifact on labelled data"),
     "report": ("training.report", "report_command", "explain what a model handles and defers"),
-    "demo": ("proxy.demo", "demo_command", "watch the flywheel turn on a simulated teacher"),
+    "demo": ("proxy.sim.demo", "demo_command", "watch the flywheel turn on a simulated teacher"),
 }
 
 

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from router.settings import FitOptions
+
 ENV_PREFIX = "os.environ/"
 
 
@@ -148,9 +150,18 @@ class TaskConfig(_Strict):
         description="while the task has few sampled traces, sample "
         "min(1, audit_boost / sampled traces so far) instead; 0: audit_rate only",
     )
+    probation_boost: int = Field(
+        default=40,
+        ge=0,
+        description="a newly served version samples min(1, probation_boost / (its audits + 1)) "
+        "of its traffic for the teacher, so it proves itself within hours; 0: off",
+    )
     embedder: str = Field(
         default="tfidf",
         description="tfidf, an encoder folder (model.onnx, tokenizer.json), or tfidf+FOLDER",
+    )
+    encoder_weight: float = Field(
+        default=2.0, gt=0, description="scale of the encoder block when joined with TF-IDF"
     )
 
     @field_validator("labels")
@@ -302,3 +313,19 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     return parse_config(raw, env, source=str(path))
+
+
+def fit_options(task: TaskConfig) -> FitOptions:
+    """What a refit of `task` fits with: the one settings object the trainer reads."""
+    return FitOptions(
+        target=task.target,
+        confidence=task.confidence,
+        min_coverage=task.min_coverage,
+        horizon=task.horizon,
+        ood_quantile=task.ood_quantile,
+        labels=tuple(task.labels) if task.labels else None,
+        embedder=task.embedder,
+        encoder_weight=task.encoder_weight,
+        output_format=task.output.format,
+        task=task.name,
+    )

@@ -136,14 +136,28 @@ class Metrics:
         )
         self.drift_score = Gauge(
             "tracer_drift_score",
-            "Evidence from audits that live agreement fell below target, as a share of "
-            "the fallback threshold (log scale): 1 falls back.",
+            "Evidence from audits that the served version's agreement is below target, as a "
+            "share of the demotion threshold (log scale): 1 falls back to the teacher.",
+            ["task"],
+            registry=r,
+        )
+        self.shift_score = Gauge(
+            "tracer_shift_score",
+            "Evidence that the share of out-of-distribution inputs rose above what the served "
+            "version's calibration saw, as a share of the alarm threshold (log scale).",
+            ["task"],
+            registry=r,
+        )
+        self.version_audits = Gauge(
+            "tracer_version_audits",
+            "Audits of the served version so far (its probation ends as they accumulate).",
             ["task"],
             registry=r,
         )
         self.fallback = Gauge(
             "tracer_fallback_active",
-            "1 while a task answers from the teacher only because live agreement fell.",
+            "1 while a task answers from the teacher only because its live audits demoted the "
+            "served version.",
             ["task"],
             registry=r,
         )

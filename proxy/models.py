@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from router import ArtifactError, Decision, Router
+from router.manifest import Manifest, read_manifest
 
 log = logging.getLogger("tracer.models")
 
@@ -117,13 +118,12 @@ class ModelStore:
         tmp.write_text(json.dumps(pointer) + "\n", encoding="utf-8")
         os.replace(tmp, path)
 
-    def manifest(self, task: str, version: str) -> dict[str, Any] | None:
+    def manifest(self, task: str, version: str) -> Manifest | None:
+        """A version's manifest, typed (refusals included); None when missing or broken."""
         try:
-            path = self.version_dir(task, version) / "manifest.json"
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+            return read_manifest(self.version_dir(task, version), allow_refused=True)
+        except ArtifactError:
             return None
-        return data if isinstance(data, dict) else None
 
     def latest_report(self, task: str, name: str = "report.html") -> Path | None:
         """The newest version's report (a refusal's too: it says why it was refused)."""
@@ -140,7 +140,7 @@ class ModelStore:
         if not target:
             raise ArtifactError(f"task {task} has no previous version to roll back to")
         manifest = self.manifest(task, target)
-        if manifest is None or manifest.get("status") != "deployed":
+        if manifest is None or not manifest.deployed:
             raise ArtifactError(f"version {target} of task {task} is not a deployable model")
         Router.load(self.version_dir(task, target))  # verify before serving it
         self.set_current(task, target)
@@ -155,18 +155,13 @@ class LiveModel:
     router: Router
     inline: bool
 
-    def _calibration(self, key: str) -> float | None:
-        cal = self.router.manifest.get("calibration")
-        value = cal.get(key) if isinstance(cal, dict) else None
-        return float(value) if isinstance(value, int | float) else None
-
     @property
-    def calibration_agreement(self) -> float | None:
-        return self._calibration("agreement")
+    def manifest(self) -> Manifest:
+        return self.router.manifest
 
     @property
     def certified_coverage(self) -> float:
-        return self._calibration("coverage") or 0.0
+        return self.router.manifest.certified_coverage
 
     async def predict(self, text: str) -> Decision:
         if self.inline and len(text) <= INLINE_MAX_CHARS:

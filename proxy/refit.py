@@ -1,49 +1,63 @@
-"""The background refit loop: fit when enough new traces arrived, swap behind the gate.
+"""The refit loop: fit when enough new traces arrived, behind the gate, spending delta.
 
 Every worker runs the loop, but a lease in the store lets only one of them fit a
-given task at a time; the others see the new pointer on disk and load it. The fit
-itself runs in a child process: a crash or a refusal there leaves the served
-model as it was.
+given task at a time. The fit runs in a child process (`python -P -m
+proxy.refit_worker`): a crash or a refusal there leaves the served model as it was.
+
+**A promise over the task's life.** The k-th fit of a task certifies at
+delta_k = delta * 6 / (pi^2 k^2), and these sum to delta: by a union bound, the
+chance that any version ever served was certified above its true agreement stays
+at most delta, however many refits follow (training/bound.py states the argument).
+
+A fit that passes the gate is served at once when nothing else is (or the task is
+in fallback). Otherwise it becomes a candidate, which `proxy.promotion` compares
+with the served version on fresh traffic before either is preferred.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
+import math
 import os
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from router.traces import Trace
+
 from . import store
-from .config import Config, TaskConfig
+from .config import Config, TaskConfig, fit_options
 from .metrics import Metrics
 from .models import LiveModels, ModelStore
+from .monitor import Monitor
 from .refit_worker import FAILED, REFUSED
 
 log = logging.getLogger("tracer.refit")
 
+Outcome = Literal[
+    "deployed", "refused", "not_better", "failed", "skipped", "candidate", "rejected", "superseded"
+]
 LEASE_TTL_S = 30 * 60.0
 POLL_S = 2.0
-# A refit that certifies at most this much less coverage still replaces the served
-# model: it has seen more, and more recent, traces.
-NOT_WORSE_BY = 0.01
-# Requests a served model must have decided before its live coverage is trusted.
-MIN_DECIDED = 500
+SHIFT_REFIT_TRACES = 200  # after a shift or a demotion, refit on this many new traces
+
+
+def delta_share(attempt: int) -> float:
+    """The share of delta the k-th fit of a task may spend: 6 / (pi^2 k^2)."""
+    return 6.0 / (math.pi**2 * max(attempt, 1) ** 2)
 
 
 @dataclass(frozen=True)
 class RefitOutcome:
-    outcome: str  # deployed | refused | not_better | failed | skipped
+    outcome: Outcome
     version: str | None = None
     reason: str | None = None
 
@@ -55,56 +69,35 @@ class RefitLoop:
         engine: AsyncEngine,
         models: LiveModels,
         metrics: Metrics,
-        poll_seconds: float = POLL_S,
-        replaceable: Callable[[str], bool] = lambda task: False,
-        on_poll: Callable[[], Awaitable[None]] | None = None,
+        monitor: Monitor,
     ) -> None:
         self.config = config
         self.engine = engine
         self.models = models
         self.store: ModelStore = models.store
         self.metrics = metrics
-        self.poll_seconds = min(poll_seconds, config.refit.interval_seconds)
-        # True when the served model must go whatever replaces it (e.g. it fell back).
-        self.replaceable = replaceable
-        self.on_poll = on_poll  # runs at every poll, e.g. to re-read counts the store keeps
+        self.monitor = monitor
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._task: asyncio.Task[None] | None = None
         self._last_attempt: dict[str, float] = {}
         self._fitting: set[str] = set()
         self._failures: dict[str, int] = {}  # failed refits in a row, by task
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="tracer-refit-loop")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.models.refresh)
-                if self.on_poll is not None:
-                    await self.on_poll()
-                for task in self.config.tasks:
-                    if await self.due(task):
-                        await self.refit(task)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("refit loop iteration failed; retrying")
-            await asyncio.sleep(self.poll_seconds)
+    async def tick(self) -> None:
+        """One pass over the tasks: fit the ones that are due."""
+        for task in self.config.tasks:
+            if await self.due(task):
+                await self.refit(task)
 
     async def due(self, task: TaskConfig) -> bool:
-        """Enough new valid traces, or the interval passed with at least one new trace."""
+        """Enough new valid traces; or the interval passed with at least one; or fewer
+        after a demotion or a traffic shift, which asked for a refit on new traffic."""
         last = await store.last_refit(self.engine, task.name)
         after = int(last["last_trace_id"]) if last else 0
         new = await store.count_traces(self.engine, task.name, after_id=after)
         if new >= self.config.refit.min_new_traces:
+            return True
+        wanted = task.name in self.monitor.tasks and self.monitor.task(task.name).refit_wanted
+        if wanted and new >= min(SHIFT_REFIT_TRACES, self.config.refit.min_new_traces):
             return True
         since = time.monotonic() - self._last_attempt.get(task.name, time.monotonic())
         self._last_attempt.setdefault(task.name, time.monotonic())
@@ -131,51 +124,27 @@ class RefitLoop:
         traces_path = work / f"traces-{self.holder.replace(':', '_')}.jsonl"
         n, last_id = await self._export(task.name, traces_path)
         version = self.store.next_version(task.name)
-        out_dir = self.store.version_dir(task.name, version)
-        options = {
-            "target": task.target,
-            "confidence": task.confidence,
-            "min_coverage": task.min_coverage,
-            "horizon": task.horizon,
-            "ood_quantile": task.ood_quantile,
-            "labels": task.labels,
-            "embedder": task.embedder,
-            "task": task.name,
-            "quiet": True,
-        }
-        log.info("task %s: fitting %s on %d traces", task.name, version, n)
-        code, output = await self._run_worker(
-            traces_path, out_dir, options, work / f"{version}.log"
+        attempt = await store.refit_attempts(self.engine, task.name) + 1
+        options = fit_options(task).with_(
+            task=task.name, quiet=True, delta_share=delta_share(attempt)
         )
+        log.info("task %s: fitting %s on %d traces (fit %d, delta %.2g)",
+                 task.name, version, n, attempt, options.delta)  # fmt: skip
+        code, output = await self._run_worker(
+            traces_path, self.store.version_dir(task.name, version), options.to_json(),
+            work / f"{version}.log",
+        )  # fmt: skip
         traces_path.unlink(missing_ok=True)
         manifest = self.store.manifest(task.name, version)
-        passed = code == 0 and manifest is not None and manifest.get("status") == "deployed"
-        if passed and (worse := await self._worse_than_served(task.name, manifest)):
-            result = RefitOutcome("not_better", version, worse)
-        elif passed:
-            try:
-                await asyncio.to_thread(self.store.set_current, task.name, version)
-                await asyncio.to_thread(self.models.refresh_task, task.name)
-                result = RefitOutcome("deployed", version)
-            except Exception as exc:  # a bad artifact must not take the served one down
-                result = RefitOutcome("failed", version, f"could not serve: {exc}")
+        if code == 0 and manifest is not None and manifest.deployed:
+            result = await self._passed(task, version)
         elif code in (REFUSED, FAILED) and manifest is not None:
-            refusal = manifest.get("refusal") or {}
-            outcome = "refused" if code == REFUSED else "failed"
-            result = RefitOutcome(outcome, version, str(refusal.get("reason") or outcome))
+            outcome: Outcome = "refused" if code == REFUSED else "failed"
+            reason = manifest.refusal.reason if manifest.refusal else outcome
+            result = RefitOutcome(outcome, version, reason)
         else:
             result = RefitOutcome("failed", version, f"fit exited with {code}: {output[-500:]}")
-        self.metrics.refits.labels(task.name, result.outcome).inc()
-        failures = self._failures[task.name] = (
-            self._failures.get(task.name, 0) + 1 if result.outcome == "failed" else 0
-        )
-        self.metrics.refit_failures.labels(task.name).set(failures)
-        log.log(
-            logging.INFO if result.outcome == "deployed" else logging.WARNING,
-            "task %s: refit %s %s%s%s", task.name, version, result.outcome,
-            f" ({result.reason})" if result.reason else "",
-            f"; {failures} failed refits in a row" if failures > 1 else "",
-        )  # fmt: skip
+        self._count(task, result)
         await store.record_refit(
             self.engine,
             task=task.name,
@@ -185,59 +154,69 @@ class RefitLoop:
             last_trace_id=last_id,
             reason=result.reason,
             seconds=time.monotonic() - started,
+            attempt=attempt,
+            delta=options.delta,
         )
         return result
 
-    async def _worse_than_served(self, task: str, manifest: dict[str, Any] | None) -> str | None:
-        """Why a model that passed the gate should still not replace the served one.
+    async def _passed(self, task: TaskConfig, version: str) -> RefitOutcome:
+        """Serve a version that passed the gate now, or hold it as a candidate."""
+        live = self.models.get(task.name)
+        if live is not None and self.monitor.fallback_reason(task.name) is None:
+            return RefitOutcome(
+                "candidate", version,
+                f"passed the gate; compared with {live.version} on fresh traffic before serving",
+            )  # fmt: skip
+        try:
+            await deploy(self.models, task.name, version)
+        except Exception as exc:  # a bad artifact must not take the served one down
+            return RefitOutcome("failed", version, f"could not serve: {exc}")
+        return RefitOutcome("deployed", version)
 
-        The new model's coverage is certified at the task's alpha on its calibration
-        split. The served model is judged by the coverage it has delivered on live
-        traffic once it has decided `MIN_DECIDED` requests (its own certified figure
-        came from an older, smaller calibration split, which may have been lucky),
-        else by its certified coverage.
-        """
-        live = self.models.get(task)
-        if live is None or manifest is None or self.replaceable(task):
-            return None
-        cal = manifest.get("calibration") or {}
-        new = float(cal.get("coverage") or 0.0)
-        handled, decided = await store.served_coverage(self.engine, task, live.version)
-        if decided >= MIN_DECIDED:
-            served, what = handled / decided, f"coverage on its last {decided} requests"
-        else:
-            served, what = live.certified_coverage, "certified coverage"
-        if new >= served - NOT_WORSE_BY:
-            return None
-        return (
-            f"certified coverage {new:.3f} is below the served {live.version}'s "
-            f"{what}, {served:.3f}; {live.version} stays"
+    def _count(self, task: TaskConfig, result: RefitOutcome) -> None:
+        self.metrics.refits.labels(task.name, result.outcome).inc()
+        failures = self._failures[task.name] = (
+            self._failures.get(task.name, 0) + 1 if result.outcome == "failed" else 0
         )
+        self.metrics.refit_failures.labels(task.name).set(failures)
+        log.log(
+            logging.INFO if result.outcome in ("deployed", "candidate") else logging.WARNING,
+            "task %s: refit %s %s%s%s", task.name, result.version, result.outcome,
+            f" ({result.reason})" if result.reason else "",
+            f"; {failures} failed refits in a row" if failures > 1 else "",
+        )  # fmt: skip
 
     async def _export(self, task: str, path: Path) -> tuple[int, int]:
         n, last_id = 0, 0
         with path.open("w", encoding="utf-8") as out:
             async for row in store.iter_traces(self.engine, task):
-                trace = {"input": row["input"], "label": row["label"], "source": row["source"]}
-                out.write(json.dumps(trace) + "\n")
+                trace = Trace(row["input"], row["label"], row["source"], row["raw_output"])
+                out.write(trace.to_json() + "\n")
                 n, last_id = n + 1, int(row["id"])
         return n, last_id
 
     async def _run_worker(
-        self, traces: Path, out_dir: Path, options: dict[str, object], log_path: Path
+        self, traces: Path, out_dir: Path, options: str, log_path: Path
     ) -> tuple[int, str]:
         with log_path.open("wb") as log_file:
             proc = await asyncio.create_subprocess_exec(
                 # -P: the working directory is not on the child's import path, so a
                 # user's own training.py or router/ there cannot stand in for ours.
                 sys.executable, "-P", "-m", "proxy.refit_worker",
-                str(traces), str(out_dir), json.dumps(options),
+                str(traces), str(out_dir), options,
                 stdout=log_file, stderr=asyncio.subprocess.STDOUT,
             )  # fmt: skip
             try:
                 code = await proc.wait()
             except asyncio.CancelledError:
                 proc.kill()
-                await proc.wait()
+                with contextlib.suppress(ProcessLookupError):
+                    await proc.wait()
                 raise
         return code, log_path.read_text(encoding="utf-8", errors="replace")
+
+
+async def deploy(models: LiveModels, task: str, version: str) -> None:
+    """Point the task at `version` and load it here; other workers follow the pointer."""
+    await asyncio.to_thread(models.store.set_current, task, version)
+    await asyncio.to_thread(models.refresh_task, task)

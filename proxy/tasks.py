@@ -33,6 +33,20 @@ class TaskMatcher:
             return task
         return None
 
+    def why_not(self, task: TaskConfig, body: Mapping[str, Any]) -> str:
+        """Why a request that names `task`'s alias was not treated as the task."""
+        if task.match.model is not None and body.get("model") != task.match.model:
+            return f"the model is not the task's alias `{task.match.model}`"
+        needle = task.match.system_prompt_contains
+        if needle is not None and needle not in system_prompt(body["messages"]):
+            return (
+                f"the system prompt does not contain the text task `{task.name}` matches on "
+                "(tasks[].match.system_prompt_contains)"
+            )
+        return f"no input for task `{task.name}`: no user message of text" + (
+            " matching tasks[].input.pattern" if task.input.pattern else ""
+        )
+
     def by_alias(self, model: object) -> TaskConfig | None:
         """The task whose alias a request names, whether or not its prompt matched."""
         return self._by_alias.get(model) if isinstance(model, str) else None

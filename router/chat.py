@@ -105,10 +105,25 @@ def parse_label(
 
 
 def render_label(label: str, output_format: OutputFormat = "text", field: str | None = None) -> str:
-    """The assistant message a teacher following the task's format would write."""
+    """A stand-in answer for a label, for artifacts that keep no answers of the teacher's."""
     if output_format == "json":
         return json.dumps({field or "label": label})
     return label
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def same_answer(a: str, b: str, output_format: OutputFormat = "text") -> bool:
+    """Do two answers say the same? Exactly equal text, or equal parsed JSON for a JSON
+    task (where key order and spacing are formatting, not content)."""
+    if a == b:
+        return True
+    return output_format == "json" and _parsed(a) == _parsed(b)
 
 
 def _completion_id() -> str:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from router.manifest import Manifest
 
 
 class ArtifactError(Exception):
@@ -10,8 +13,8 @@ class ArtifactError(Exception):
 
 
 class ArtifactRefused(ArtifactError):
-    """The artifact is a recorded refusal of the parity gate; `.manifest` says why."""
+    """The artifact is a recorded refusal (or failure) of a fit; `.manifest` says why."""
 
-    def __init__(self, message: str, manifest: dict[str, Any]) -> None:
+    def __init__(self, message: str, manifest: Manifest) -> None:
         super().__init__(message)
         self.manifest = manifest

@@ -21,6 +21,7 @@ from router.acceptor import ACCEPTOR_FEATURES
 from router.encoder import SentenceEncoder
 from router.errors import ArtifactError
 from router.fused import OUTPUTS, stitch
+from router.manifest import Scoring
 from router.text import PAD_CHAR, normalize_text
 
 
@@ -84,85 +85,68 @@ def _rename_output(model: onnx.ModelProto, name: str, to: str) -> None:
             out.name = to
 
 
-def _require(section: dict[str, Any], key: str, where: str) -> Any:
-    if key not in section:
-        raise ArtifactError(f"manifest {where} lacks {key!r}")
-    return section[key]
-
-
 class Pipeline:
     """Loaded ONNX sessions of one artifact (files must be verified first)."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], *, threads: int = 1) -> None:
+    def __init__(self, directory: Path, scoring: Scoring, *, threads: int = 1) -> None:
         self.directory = directory
-        self.labels: list[str] = list(_require(manifest, "labels", "root"))
-        if not self.labels or len(set(self.labels)) != len(self.labels):
-            raise ArtifactError("manifest label list is empty or has duplicates")
-        embedder = _require(manifest, "embedder", "root")
+        self.labels: list[str] = list(scoring.labels)
         self._parts: list[tuple[str, Any, float]] = []
         text_model: onnx.ModelProto | None = None
-        for part in _require(embedder, "parts", "embedder"):
-            kind = _require(part, "kind", "embedder part")
-            if kind == "tfidf":
-                text_file = directory / _require(part, "file", "embedder part")
+        for part in scoring.embedder.parts:
+            if part.kind == "tfidf":
+                text_file = directory / part.file
                 text_model = safe_padding(_load(text_file))
                 sess = _session(text_model.SerializeToString(), threads, text_file.name)
-                self._parts.append(("tfidf", sess, float(part.get("weight", 1.0))))
-            elif kind == "encoder":
+                self._parts.append(("tfidf", sess, part.weight))
+            else:
+                assert part.tokenizer is not None  # Scoring.parse requires it for an encoder
                 enc = SentenceEncoder(
-                    directory / part["file"],
-                    directory / part["tokenizer"],
-                    max_length=int(part.get("max_length", 128)),
+                    directory / part.file,
+                    directory / part.tokenizer,
+                    max_length=part.max_length,
                     intra_op_threads=threads,
                 )
-                self._parts.append(("encoder", enc, float(part.get("weight", 1.0))))
-            else:
-                raise ArtifactError(f"unknown embedder kind {kind!r}")
-        self.feature_dim = int(_require(embedder, "dim", "embedder"))
-        clf = _require(manifest, "classifier", "root")
-        head = _load(directory / _require(clf, "file", "classifier"))
-        ood = manifest.get("ood")
-        self.ood_min_similarity = float(ood["min_similarity"]) if ood else float("-inf")
-        _rename_output(head, str(clf.get("output", "probabilities")), "probabilities")
-        if ood:
-            _rename_output(head, str(ood.get("output", "similarity")), "similarity")
+                self._parts.append(("encoder", enc, part.weight))
+        self.feature_dim = scoring.embedder.dim
+        head = _load(directory / scoring.classifier_file)
+        ood = scoring.ood_min_similarity
+        self.ood_min_similarity = float("-inf") if ood is None else ood
+        _rename_output(head, scoring.classifier_output, "probabilities")
+        if ood is not None:
+            _rename_output(head, scoring.ood_output, "similarity")
         else:  # no OOD check: the acceptor was fitted on a similarity of 1
             kept = [o for o in head.graph.output if o.name != "similarity"]
             del head.graph.output[:]
             head.graph.output.extend(kept)
-        acc = _require(manifest, "acceptor", "root")
-        self.acceptor_kind = str(_require(acc, "kind", "acceptor"))
+        self.acceptor_kind = scoring.acceptor_kind
         acceptor = None
-        if self.acceptor_kind == "learned":
-            acceptor = _load(directory / _require(acc, "file", "acceptor"))
-            if list(acc.get("features", ACCEPTOR_FEATURES)) != list(ACCEPTOR_FEATURES):
+        if scoring.acceptor_file is not None:
+            acceptor = _load(directory / scoring.acceptor_file)
+            if list(scoring.acceptor_features or ACCEPTOR_FEATURES) != list(ACCEPTOR_FEATURES):
                 raise ArtifactError("learned acceptor was built for other features")
-        elif self.acceptor_kind not in {"max_prob", "margin"}:
-            raise ArtifactError(f"unknown acceptor kind {self.acceptor_kind!r}")
-        clusters = manifest.get("clusters")
         cluster_model = None
-        self.cluster_names: list[str] = []
-        if clusters:
-            cluster_model = _load(directory / _require(clusters, "file", "clusters"))
-            self.cluster_names = [str(n) for n in _require(clusters, "names", "clusters")]
+        self.cluster_names: list[str] = list(scoring.cluster_names)
+        if scoring.cluster_file is not None:
+            cluster_model = _load(directory / scoring.cluster_file)
         # A lone TF-IDF part joins the graph: text in, scores out, one call a batch.
         kind, _, weight = self._parts[0]
         self._text_in = len(self._parts) == 1 and kind == "tfidf" and weight == 1.0
         if not self._text_in:
             text_model = None
         try:
-            scoring = stitch(
+            graph = stitch(
                 head,
                 len(self.labels),
                 self.acceptor_kind,
                 text_model=text_model,
                 acceptor=acceptor,
-                acceptor_output=str(acc.get("output", "probabilities")),
+                acceptor_output=scoring.acceptor_output,
                 clusters=cluster_model,
             )
         except (ValueError, onnx.checker.ValidationError, IndexError) as exc:
             raise ArtifactError(f"artifact stages do not fit together: {exc}") from exc
-        self._scorer = _session(scoring.SerializeToString(), threads, "scoring graph")
+        self._scorer = _session(graph.SerializeToString(), threads, "scoring graph")
         self._check_shapes()
 
     def _check_shapes(self) -> None:

@@ -2,29 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from router.decision import Decision
 from router.errors import ArtifactError
-from router.manifest import read_manifest, verify_files
+from router.manifest import Manifest, read_manifest, verify_files
 from router.pipeline import Pipeline, Scores
 
 
 class Router:
     """A loaded, verified artifact. Thread-safe: predict only reads state."""
 
-    def __init__(self, directory: Path, manifest: dict[str, Any], pipeline: Pipeline) -> None:
-        threshold = manifest.get("threshold")
-        if not isinstance(threshold, int | float) or not math.isfinite(threshold):
+    def __init__(self, directory: Path, manifest: Manifest, pipeline: Pipeline) -> None:
+        if manifest.threshold is None:
             raise ArtifactError("manifest has no finite threshold")
         self.directory = directory
         self.manifest = manifest
-        self.threshold = float(threshold)
+        self.threshold = manifest.threshold
         self.labels: list[str] = pipeline.labels
-        self.version: str = str(manifest.get("version") or manifest["manifest_sha256"][:12])
+        self.version: str = manifest.version
         self._pipeline = pipeline
 
     @classmethod
@@ -33,7 +30,8 @@ class Router:
         directory = Path(path)
         manifest = read_manifest(directory)
         verify_files(directory, manifest)
-        pipeline = Pipeline(directory, manifest, threads=intra_op_threads)
+        assert manifest.scoring is not None  # a deployed manifest always has one
+        pipeline = Pipeline(directory, manifest.scoring, threads=intra_op_threads)
         return cls(directory, manifest, pipeline)
 
     @property

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
+from proxy.sim.teacher import SimulatedTeacher, run_sim_teacher
 from tests.support import ANSWERS, LABELS, proxy_config, running_proxy
 
 

@@ -11,7 +11,7 @@ from typing import Any
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from proxy.config import Config, parse_config
-from proxy.synthetic import INTENTS
+from proxy.sim.synthetic import INTENTS
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -65,7 +65,7 @@ def running_proxy(config: Config) -> Iterator[str]:
     """A real uvicorn server with the proxy app; yields its base URL ending in /v1."""
     from proxy.app import create_app
     from proxy.server import uvicorn_options
-    from proxy.threaded import serve_in_thread
+    from proxy.sim.threaded import serve_in_thread
 
     options = uvicorn_options(
         keep_alive_s=config.server.keep_alive_seconds,

@@ -25,16 +25,11 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import beta, binom
+from scipy.stats import binom
 
+from router.stats import cp_lower
 
-def clopper_pearson_lower(k: int | np.ndarray, n: int | np.ndarray, delta: float) -> np.ndarray:
-    """One-sided lower confidence bound (level 1 - delta) on a binomial rate."""
-    k = np.asarray(k, dtype=np.float64)
-    n = np.asarray(n, dtype=np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        lb = beta.ppf(delta, k, n - k + 1)
-    return np.where((k <= 0) | (n <= 0), 0.0, np.nan_to_num(lb, nan=0.0))
+clopper_pearson_lower = cp_lower  # the one implementation lives in router.stats
 
 
 def min_testable(alpha: float, delta: float) -> int:

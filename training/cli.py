@@ -30,7 +30,7 @@ def _labels_arg(value: str | None) -> list[str] | None:
 
 
 def fit_command(argv: Sequence[str]) -> int:
-    from training.fit import FitOptions
+    from router.settings import FitOptions
 
     defaults = FitOptions()
     p = argparse.ArgumentParser(
@@ -105,25 +105,25 @@ def fit_command(argv: Sequence[str]) -> int:
     from training.fit import fit
     from training.traces import TraceFormatError
 
-    opts = FitOptions(
-        target=args.target,
-        confidence=args.confidence,
-        min_coverage=args.min_coverage,
-        horizon=args.horizon,
-        embedder=args.embedder,
-        encoder_weight=args.encoder_weight,
-        seed=args.seed,
-        test_size=args.test_size,
-        calibration_size=args.calibration_size,
-        validation_size=args.validation_size,
-        labels=_labels_arg(args.labels),
-        candidates=args.candidates.split(",") if args.candidates else None,
-        ood_quantile=args.ood_quantile,
-        refit=not args.no_refit,
-        task=args.task,
-        quiet=args.quiet,
-    )
     try:
+        opts = FitOptions(
+            target=args.target,
+            confidence=args.confidence,
+            min_coverage=args.min_coverage,
+            horizon=args.horizon,
+            embedder=args.embedder,
+            encoder_weight=args.encoder_weight,
+            seed=args.seed,
+            test_size=args.test_size,
+            calibration_size=args.calibration_size,
+            validation_size=args.validation_size,
+            labels=tuple(labels) if (labels := _labels_arg(args.labels)) else None,
+            candidates=tuple(args.candidates.split(",")) if args.candidates else None,
+            ood_quantile=args.ood_quantile,
+            refit=not args.no_refit,
+            task=args.task,
+            quiet=args.quiet,
+        )
         result = fit(args.traces, Path(args.out), opts)
     except (OSError, TraceFormatError, ValueError) as exc:
         print(f"tracer fit: error: {exc}", file=sys.stderr)
@@ -155,7 +155,7 @@ def eval_command(argv: Sequence[str]) -> int:
     try:
         router = Router.load(args.artifact)
     except ArtifactRefused as exc:
-        refusal = exc.manifest.get("refusal", {})
+        refusal = exc.manifest.raw.get("refusal", {})
         print(json.dumps({"status": "refused", **refusal}, indent=2))
         print(f"tracer eval: {exc}", file=sys.stderr)
         return REFUSED_EXIT
@@ -171,7 +171,7 @@ def eval_command(argv: Sequence[str]) -> int:
         "status": "deployed",
         "version": router.version,
         "threshold": router.threshold,
-        "alpha": router.manifest.get("alpha"),
+        "alpha": router.manifest.alpha,
         **evaluate(router, pairs),
     }
     print(json.dumps(result, indent=2))

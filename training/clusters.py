@@ -50,6 +50,30 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
+def kmeans_by_silhouette(
+    z: np.ndarray, seed: int = 0, max_k: int = 40, per_cluster: int = 20, tries: int = 6
+) -> tuple[np.ndarray, float | None]:
+    """K-means on unit rows, with the k of best silhouette among `tries` candidates.
+
+    k runs from 2 to `max_k`, and to one cluster per `per_cluster` rows at most.
+    Returns each row's cluster and the silhouette (None when nothing could be split).
+    """
+    n = len(z)
+    top = max(2, min(max_k, n // per_cluster))
+    candidates = sorted({int(k) for k in np.linspace(2, top, num=min(tries, top - 1))})
+    best: tuple[float, np.ndarray] | None = None
+    for k in candidates if n >= 8 else []:
+        assign = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z)
+        if len(set(assign)) < 2:
+            continue
+        score = float(silhouette_score(z, assign, sample_size=min(n, 1000), random_state=seed))
+        if best is None or score > best[0]:
+            best = (score, assign)
+    if best is None:
+        return np.zeros(n, dtype=int), None
+    return best[1], best[0]
+
+
 def fit_clusters(
     feats: Any,
     labels: Sequence[str],
@@ -67,17 +91,7 @@ def fit_clusters(
     n = x.shape[0]
     dims = max(2, min(50, x.shape[1] - 1, n - 1))
     z = _unit(TruncatedSVD(n_components=dims, random_state=seed).fit_transform(x))
-    top = max(2, min(max_k, n // 20))
-    candidates = sorted({int(k) for k in np.linspace(2, top, num=min(6, top - 1))})
-    best: tuple[float, np.ndarray] | None = None
-    for k in candidates if n >= 8 else []:
-        assign = KMeans(n_clusters=k, n_init=2, random_state=seed).fit_predict(z)
-        if len(set(assign)) < 2:
-            continue
-        score = float(silhouette_score(z, assign, sample_size=min(n, 1000), random_state=seed))
-        if best is None or score > best[0]:
-            best = (score, assign)
-    assign = best[1] if best is not None else np.zeros(n, dtype=int)
+    assign, silhouette = kmeans_by_silhouette(z, seed, max_k)
     ids = sorted(set(assign.tolist()))
     full = _unit(np.vstack([np.asarray(x[assign == c].mean(axis=0)).ravel() for c in ids]))
     per_centroid = max(1, max_columns // len(ids))
@@ -96,7 +110,6 @@ def fit_clusters(
             names.append(f"{common[0][0]} / {common[1][0]}")
         else:
             names.append(common[0][0])
-    silhouette = best[0] if best is not None else None
     return Clusters(columns, clusters.centroids, names, silhouette)
 
 

@@ -23,33 +23,42 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.stats import beta
-from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, TruncatedSVD
-from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import normalize
 
 from router import ArtifactError, ArtifactRefused, Router
 from router.manifest import read_manifest
+from router.stats import cp_interval
+from router.traces import Trace
 
+from .answers import agreement_mask
 from .bound import calibrate
+from .clusters import kmeans_by_silhouette
 from .report_html import render_html
 from .traces import load_traces
 
 HELDOUT_FILE = "heldout.jsonl"
 FRONTIER_ALPHAS = (0.80, 0.85, 0.90, 0.925, 0.95, 0.96, 0.97, 0.98, 0.99)
 MAP_POINTS = 2000
-Labelled = Sequence[tuple[str, str]]
+Labelled = Sequence[Trace] | Sequence[tuple[str, str]]
+
+
+def _traces(data: Labelled | None) -> list[Trace]:
+    return [t if isinstance(t, Trace) else Trace(t[0], t[1]) for t in data or []]
+
+
+def _agrees(router: Router, label_index: np.ndarray, data: Sequence[Trace]) -> np.ndarray:
+    """Would the rendered answer (the teacher's words for the label) be the teacher's?"""
+    manifest = router.manifest
+    answers = manifest.answers or {label: label for label in router.labels}
+    predicted = [router.labels[i] for i in label_index]
+    return agreement_mask(predicted, data, answers, manifest.output_format)
 
 
 def interval(k: int, n: int, confidence: float = 0.95) -> list[float] | None:
-    """Two-sided Clopper-Pearson interval of k successes in n trials."""
-    if n == 0:
-        return None
-    tail = (1 - confidence) / 2
-    lo = 0.0 if k == 0 else float(beta.ppf(tail, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - tail, k + 1, n - k))
-    return [lo, hi]
+    """Two-sided Clopper-Pearson interval of k successes in n trials, as a JSON list."""
+    bounds = cp_interval(k, n, confidence)
+    return None if bounds is None else list(bounds)
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -58,35 +67,20 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def choose_clusters(z: np.ndarray, seed: int) -> tuple[np.ndarray, int]:
-    """K-means with the k in a small range that gives the best silhouette."""
-    n = len(z)
-    if n < 8:
-        return np.zeros(n, dtype=int), 1
-    top = max(2, min(40, n // 15))
-    candidates = sorted({k for k in np.linspace(2, top, num=min(8, top - 1)).astype(int) if k >= 2})
-    best: tuple[float, np.ndarray, int] | None = None
-    sample = min(n, 1500)
-    for k in candidates:
-        labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(z)
-        if len(set(labels)) < 2:
-            continue
-        score = float(silhouette_score(z, labels, sample_size=sample, random_state=seed))
-        if best is None or score > best[0]:
-            best = (score, labels, k)
-    if best is None:
-        return np.zeros(n, dtype=int), 1
-    return best[1], best[2]
+    """K-means with the k of best silhouette (`training.clusters`), for old artifacts
+    that ship no clusters of their own."""
+    assign, _ = kmeans_by_silhouette(z, seed)
+    return assign, int(assign.max()) + 1
 
 
 def _frontier(
-    router: Router, calibration: Labelled, test_handled: Any, delta: float
+    router: Router, calibration: Sequence[Trace], test_handled: Any, delta: float
 ) -> list[dict[str, Any]]:
     """For each α, the threshold certified on calibration, measured on the test split."""
     if not calibration:
         return []
-    cal_scores = router.score([t for t, _ in calibration])
-    labels = np.array(router.labels)
-    cal_correct = labels[cal_scores.label_index] == np.array([y for _, y in calibration])
+    cal_scores = router.score([t.input for t in calibration])
+    cal_correct = _agrees(router, cal_scores.label_index, calibration)
     scores = np.where(cal_scores.ood, -np.inf, cal_scores.accept_score)
     test_scores, test_ood, test_correct = test_handled
     rows = []
@@ -115,15 +109,15 @@ def build_report(
     directory = Path(artifact)
     manifest = read_manifest(directory, allow_refused=True)
     saved = _saved_heldout(directory)
-    test = list(heldout) if heldout is not None else saved.get("test", [])
-    cal = list(calibration) if calibration is not None else saved.get("calibration", [])
+    test = _traces(heldout) if heldout is not None else saved.get("test", [])
+    cal = _traces(calibration) if calibration is not None else saved.get("calibration", [])
     report: dict[str, Any] = {
-        "task": manifest.get("task"),
+        "task": manifest.task,
         "version": directory.name,
-        "status": manifest.get("status"),
-        "alpha": manifest.get("alpha"),
-        "delta": manifest.get("delta"),
-        "threshold": manifest.get("threshold"),
+        "status": manifest.status,
+        "alpha": manifest.alpha,
+        "delta": manifest.delta,
+        "threshold": manifest.threshold,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": {
             "description": description
@@ -137,29 +131,29 @@ def build_report(
         "disagreements": [],
         "map": {"method": "pca", "points": []},
     }
-    if manifest.get("status") != "deployed":
-        report["refusal"] = manifest.get("refusal")
+    if not manifest.deployed:
+        report["refusal"] = manifest.raw.get("refusal")
         return report
     try:
         router = Router.load(directory)
     except ArtifactRefused as exc:
-        report["refusal"] = exc.manifest.get("refusal")
+        report["refusal"] = exc.manifest.raw.get("refusal")
         return report
     if not test:
         return report
-    texts = [t for t, _ in test]
-    gold = np.array([y for _, y in test])
+    texts = [t.input for t in test]
+    gold = np.array([t.label for t in test])
     scores = router.score(texts)
     pred = np.array(router.labels)[scores.label_index]
     handled = (~scores.ood) & (scores.accept_score >= router.threshold)
-    agree = pred == gold
+    agree = _agrees(router, scores.label_index, test)
     report["summary"].update(
         coverage=float(handled.mean()),
         agreement_handled=float(agree[handled].mean()) if handled.any() else None,
         agreement_all=float(agree.mean()),
         ood_share=float(scores.ood.mean()),
     )
-    delta = float(manifest.get("delta") or 0.05)
+    delta = manifest.delta or 0.05
     report["frontier"] = _frontier(router, cal, (scores.accept_score, scores.ood, agree), delta)
 
     # TF-IDF embeddings are wide and mostly zero: hold them sparse, a batch at a time.
@@ -320,24 +314,25 @@ def _map(
     ]
 
 
-def _saved_heldout(directory: Path) -> dict[str, list[tuple[str, str]]]:
+def _saved_heldout(directory: Path) -> dict[str, list[Trace]]:
     path = directory / HELDOUT_FILE
-    out: dict[str, list[tuple[str, str]]] = {"test": [], "calibration": []}
+    out: dict[str, list[Trace]] = {"test": [], "calibration": []}
     if not path.is_file():
         return out
     with path.open(encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
-            out.setdefault(row.get("split", "test"), []).append((row["input"], row["label"]))
+            trace = Trace(row["input"], row["label"], raw_output=row.get("raw_output"))
+            out.setdefault(row.get("split", "test"), []).append(trace)
     return out
 
 
-def save_heldout(directory: Path, splits: dict[str, Labelled]) -> None:
-    """Keep the calibration and test pairs beside the model, for reports made later."""
+def save_heldout(directory: Path, splits: dict[str, Sequence[Trace]]) -> None:
+    """Keep the calibration and test traces beside the model, for reports made later."""
     with (directory / HELDOUT_FILE).open("w", encoding="utf-8") as f:
-        for split, pairs in splits.items():
-            for text, label in pairs:
-                f.write(json.dumps({"split": split, "input": text, "label": label}) + "\n")
+        for split, traces in splits.items():
+            for t in traces:
+                f.write(t.to_json(split=split) + "\n")
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
@@ -365,7 +360,7 @@ def report_command(argv: Sequence[str]) -> int:
         heldout = None
         description = None
         if args.data is not None:
-            heldout = [(t.input, t.label) for t in load_traces(args.data)]
+            heldout = load_traces(args.data)
             description = f"{args.data.name} ({len(heldout)} labelled inputs)"
         report = build_report(args.dir, heldout, seed=args.seed, description=description)
     except (ArtifactError, OSError, ValueError) as exc:

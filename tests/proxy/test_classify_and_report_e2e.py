@@ -11,8 +11,8 @@ import openai
 import pytest
 
 from proxy.config import parse_config
-from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
-from proxy.synthetic import INTENTS, make_intents
+from proxy.sim.synthetic import INTENTS, make_intents
+from proxy.sim.teacher import SimulatedTeacher, run_sim_teacher
 from tests.support import intents_config, running_proxy, serve_fitted_intents
 
 LABELS = sorted(INTENTS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from proxy.demo import demo_command
+from proxy.sim.demo import demo_command
 
 
 def test_demo_reaches_coverage_by_the_last_day(capsys, tmp_path):

@@ -17,8 +17,8 @@ import openai
 
 from proxy.audit import MAX_IN_FLIGHT
 from proxy.models import ModelStore
-from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
-from proxy.synthetic import INTENTS, make_intents
+from proxy.sim.synthetic import INTENTS, make_intents
+from proxy.sim.teacher import SimulatedTeacher, run_sim_teacher
 from tests.support import intents_config, running_proxy
 
 LABELS = sorted(INTENTS)

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from proxy.config import ConfigError, parse_config
-from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
+from proxy.sim.teacher import SimulatedTeacher, run_sim_teacher
 from tests.support import ANSWERS, CLIENT_KEY, LABELS, proxy_config, running_proxy
 
 TASK_BODY = {

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from proxy.models import LiveModels, ModelStore
-from proxy.synthetic import make_intents
+from proxy.sim.synthetic import make_intents
 from tests.support import intents_config, running_proxy, serve_fitted_intents
 
 

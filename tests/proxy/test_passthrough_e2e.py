@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.sim_teacher import SimulatedTeacher
+from proxy.sim.teacher import SimulatedTeacher
 from tests.support import ANSWERS, CLIENT_KEY, LABELS, UPSTREAM_KEY, proxy_config, running_proxy
 
 QUESTION = [{"role": "user", "content": "where is my new card"}]
@@ -127,7 +127,7 @@ def test_pass_through_requests_leave_no_trace(proxy):
 def test_answer_outside_the_label_set_is_stored_invalid(tmp_path):
     sim = SimulatedTeacher({"pay my bill": "bill_payment"}, labels=LABELS)
     db = tmp_path / "t.db"
-    from proxy.sim_teacher import run_sim_teacher
+    from proxy.sim.teacher import run_sim_teacher
 
     with run_sim_teacher(sim) as teacher_url, running_proxy(proxy_config(teacher_url, db)) as url:
         reply = client(url).chat.completions.create(
@@ -207,7 +207,7 @@ def test_client_keys_are_required_when_configured(teacher, tmp_path):
 
 def test_upstream_failures_map_to_gateway_errors_and_the_proxy_keeps_serving(teacher, tmp_path):
     flaky = SimulatedTeacher(ANSWERS, labels=LABELS)
-    from proxy.sim_teacher import run_sim_teacher
+    from proxy.sim.teacher import run_sim_teacher
 
     with run_sim_teacher(flaky) as flaky_url:
         config = proxy_config(flaky_url, tmp_path / "t.db", upstream_timeout_seconds=0.5)

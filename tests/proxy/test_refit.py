@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from proxy import store
-from proxy.app import ProxyState
 from proxy.config import TaskConfig
-from proxy.synthetic import make_intents
+from proxy.sim.synthetic import make_intents
+from proxy.state import ProxyState
 from tests.support import SHARED, intents_config
 
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2-onnx-int8"
@@ -24,7 +24,7 @@ async def add_traces(
     state: ProxyState, rows: list[tuple[str, str]], source: str = "teacher"
 ) -> None:
     for text, label in rows:
-        state.record_trace(
+        state.writer.submit(
             store.Trace(
                 task="intents",
                 input=text,
@@ -49,7 +49,7 @@ async def serving_intents(
     try:
         await add_traces(state, make_intents(800, seed=1))
         if deploy:
-            assert (await state.refit_loop.refit(task)).outcome == "deployed"
+            assert (await state.refits.refit(task)).outcome == "deployed"
         yield state, task
     finally:
         await state.stop()
@@ -70,7 +70,7 @@ async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: P
     await state.start(refit=False)
     try:
         await add_traces(state, make_intents(800, seed=1))
-        first = await state.refit_loop.refit(task)
+        first = await state.refits.refit(task)
         assert first.outcome == "deployed", first.reason
         live = state.models.get("intents")
         assert live is not None and live.version == "v0001"
@@ -82,12 +82,12 @@ async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: P
             (f"noise {i} {rng.random()}", rng.choice(["balance", "refund"])) for i in range(900)
         ]
         await add_traces(state, noise)
-        refused = await state.refit_loop.refit(task.model_copy(update={"min_coverage": 0.6}))
+        refused = await state.refits.refit(task.model_copy(update={"min_coverage": 0.6}))
         assert refused.outcome == "refused" and refused.reason
         assert state.models.store.current("intents") == "v0001"
 
         broken = task.model_copy(update={"embedder": str(tmp_path / "no-such-encoder")})
-        crashed = await state.refit_loop.refit(broken)
+        crashed = await state.refits.refit(broken)
         assert crashed.outcome == "failed" and "encoder folder lacks" in (crashed.reason or "")
         assert state.models.store.current("intents") == "v0001"
         live = state.models.get("intents")
@@ -105,25 +105,74 @@ async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: P
         await state.stop()
 
 
-async def test_a_model_that_certifies_less_does_not_replace_the_served_one(tmp_path: Path):
+async def test_a_candidate_is_judged_on_fresh_traffic_never_on_its_own_certificate(
+    tmp_path: Path,
+):
+    """A refit that passes the gate while v0001 serves waits as a candidate; both are then
+    scored on sampled traces neither has seen, and the one that handles less stays out."""
     async with serving_intents(tmp_path) as (state, task):
-        served = state.models.get("intents")
-        assert served is not None and served.certified_coverage > 0.5
-
         # New traces where the teacher flips a coin between two intents: a refit still
-        # passes the gate, but must leave that region to the teacher, so it certifies
-        # less coverage and must not be swapped in...
+        # passes the gate, but must leave that region to the teacher.
         await add_traces(state, coin_flip_intents())
-        worse = await state.refit_loop.refit(task)
-        assert worse.outcome == "not_better", worse
-        assert "v0001 stays" in (worse.reason or "")
+        pending = await state.refits.refit(task)
+        assert pending.outcome == "candidate", pending
         assert state.models.store.current("intents") == "v0001"
+        assert await state.promotion.check(task) is None  # no fresh traffic yet
+        fresh = coin_flip_intents()[:400]
+        await add_traces(state, [(f"{x} again", y) for x, y in fresh], source="audit")
+        judged = await state.promotion.check(task)
+        assert judged is not None and judged.outcome == "not_better", judged
+        assert "v0001 stays" in (judged.reason or "")
+        assert state.models.store.current("intents") == "v0001"
+        history = await store.refit_history(state.engine, "intents")
+        assert [r["outcome"] for r in history][:1] == ["not_better"]
 
-        # ...unless the served model has fallen back, when anything that passes is better.
-        state.fallbacks["intents"] = "drift"
-        swapped = await state.refit_loop.refit(task)
+        # ...unless the served version was demoted, when anything that passes is better.
+        checks = state.monitor.task("intents").check
+        assert checks is not None
+        checks.verdict = "demoted by a test"
+        swapped = await state.refits.refit(task)
         assert swapped.outcome == "deployed", swapped
         assert state.models.store.current("intents") == swapped.version
+
+
+async def test_a_candidate_that_disagrees_on_fresh_traffic_is_rejected(tmp_path: Path):
+    async with serving_intents(tmp_path) as (state, task):
+        await add_traces(state, make_intents(800, seed=6))
+        pending = await state.refits.refit(task)
+        assert pending.outcome == "candidate", pending
+        # The teacher has changed its mind about every intent since the cut.
+        labels = sorted({y for _, y in make_intents(100)})
+        moved = dict(zip(labels, labels[1:] + labels[:1], strict=True))
+        fresh = [(f"{x} now", moved[y]) for x, y in make_intents(500, seed=7)]
+        await add_traces(state, fresh, source="audit")
+        judged = await state.promotion.check(task)
+        assert judged is not None and judged.outcome == "rejected", judged
+        assert "below the target" in (judged.reason or "")
+        assert state.models.store.current("intents") == "v0001"
+
+
+async def test_each_fit_spends_its_share_of_delta(tmp_path: Path):
+    """The k-th fit certifies at delta * 6 / (pi^2 k^2): over all fits, at most delta."""
+    import math
+
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    task = state.config.tasks[0]
+    await state.start(refit=False)
+    try:
+        await add_traces(state, make_intents(900, seed=1))
+        for _ in range(3):
+            await state.refits.refit(task)
+        history = list(reversed(await store.refit_history(state.engine, "intents")))
+        delta = 1 - task.confidence
+        for k, row in enumerate(history, start=1):
+            assert row["attempt"] == k
+            assert row["delta"] == pytest.approx(delta * 6 / (math.pi**2 * k**2))
+            manifest = state.models.store.manifest("intents", row["version"])
+            assert manifest is not None and manifest.delta == pytest.approx(row["delta"])
+        assert sum(6 / (math.pi**2 * k**2) for k in range(1, 10_000)) < 1
+    finally:
+        await state.stop()
 
 
 async def test_deferred_traces_train_but_never_calibrate(tmp_path: Path):
@@ -132,10 +181,11 @@ async def test_deferred_traces_train_but_never_calibrate(tmp_path: Path):
     try:
         await add_traces(state, make_intents(600, seed=1))
         await add_traces(state, make_intents(900, seed=5)[600:], source="deferred")
-        result = await state.refit_loop.refit(state.config.tasks[0])
+        result = await state.refits.refit(state.config.tasks[0])
         assert result.outcome == "deployed", result.reason
-        manifest = state.models.store.manifest("intents", "v0001")
-        assert manifest is not None
+        typed = state.models.store.manifest("intents", "v0001")
+        assert typed is not None
+        manifest = typed.raw
         assert manifest["data"]["deferred_fit_only"] > 0
         held = manifest["splits"]["calibration"] + manifest["splits"]["test"]
         held += manifest["splits"]["validation"]
@@ -151,12 +201,12 @@ async def test_only_the_lease_holder_fits(tmp_path: Path):
     await two.start(refit=False)
     try:
         engine = one.engine
-        assert await store.acquire_lease(engine, "intents", one.refit_loop.holder, 60)
-        assert not await store.acquire_lease(engine, "intents", two.refit_loop.holder, 60)
-        skipped = await two.refit_loop.refit(config.tasks[0])
+        assert await store.acquire_lease(engine, "intents", one.refits.holder, 60)
+        assert not await store.acquire_lease(engine, "intents", two.refits.holder, 60)
+        skipped = await two.refits.refit(config.tasks[0])
         assert skipped.outcome == "skipped" and "another worker" in (skipped.reason or "")
-        await store.release_lease(engine, "intents", one.refit_loop.holder)
-        assert await store.acquire_lease(engine, "intents", two.refit_loop.holder, 60)
+        await store.release_lease(engine, "intents", one.refits.holder)
+        assert await store.acquire_lease(engine, "intents", two.refits.holder, 60)
     finally:
         await asyncio.gather(one.stop(), two.stop())
 
@@ -168,44 +218,22 @@ async def test_a_task_can_refit_with_the_sentence_encoder(tmp_path: Path):
     await state.start(refit=False)
     try:
         await add_traces(state, make_intents(600, seed=2))
-        result = await state.refit_loop.refit(state.config.tasks[0])
+        result = await state.refits.refit(state.config.tasks[0])
         assert result.outcome == "deployed", result.reason
         live = state.models.get("intents")
         assert live is not None
-        assert [p["kind"] for p in live.router.manifest["embedder"]["parts"]] == ["encoder"]
+        assert [p["kind"] for p in live.router.manifest.raw["embedder"]["parts"]] == ["encoder"]
     finally:
         await state.stop()
 
 
 async def test_the_task_sets_the_out_of_distribution_check(tmp_path: Path):
     async with serving_intents(tmp_path, deploy=False) as (state, task):
-        wider = await state.refit_loop.refit(task.model_copy(update={"ood_quantile": 0.1}))
-        off = await state.refit_loop.refit(task.model_copy(update={"ood_quantile": 0.0}))
+        wider = await state.refits.refit(task.model_copy(update={"ood_quantile": 0.1}))
+        off = await state.refits.refit(task.model_copy(update={"ood_quantile": 0.0}))
         manifests = [state.models.store.manifest("intents", o.version or "") for o in (wider, off)]
-        assert manifests[0] is not None and manifests[0]["ood"]["quantile"] == 0.1
-        assert manifests[1] is not None and manifests[1]["ood"] is None
-
-
-async def test_the_served_model_is_judged_by_the_coverage_it_delivered(tmp_path: Path):
-    async with serving_intents(tmp_path) as (state, task):
-        # v0001 certified more than half the traffic, but live it handled one request in ten.
-        for i in range(600):
-            state.record_decision(
-                store.Decision(
-                    task="intents",
-                    decision="handled" if i % 10 == 0 else "deferred",
-                    reason="test",
-                    latency_ms=1.0,
-                    model_version="v0001",
-                )
-            )
-        await state.writer.flush()
-        assert await store.served_coverage(state.engine, "intents", "v0001") == (60, 600)
-        # The coin-flip traces that made a refit `not_better` against v0001's certified
-        # coverage (test above) now face the coverage v0001 actually delivered.
-        await add_traces(state, coin_flip_intents())
-        swapped = await state.refit_loop.refit(task)
-        assert swapped.outcome == "deployed", swapped
+        assert manifests[0] is not None and manifests[0].raw["ood"]["quantile"] == 0.1
+        assert manifests[1] is not None and manifests[1].raw["ood"] is None
 
 
 async def test_failing_refits_show_in_metrics_and_the_log(
@@ -221,7 +249,7 @@ async def test_failing_refits_show_in_metrics_and_the_log(
         await add_traces(state, make_intents(300, seed=1))
         with caplog.at_level("WARNING", logger="tracer.refit"):
             for _ in range(2):
-                outcome = await state.refit_loop.refit(broken)
+                outcome = await state.refits.refit(broken)
                 assert outcome.outcome == "failed"
         gauge = state.metrics.registry.get_sample_value(
             "tracer_refit_failures_in_a_row", {"task": "intents"}

@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from proxy.sim_teacher import SimulatedTeacher, run_sim_teacher
+from proxy.sim.teacher import SimulatedTeacher, run_sim_teacher
 from tests.support import ANSWERS, LABELS
 
 CANARY = "sk-canary-7f3a9c1e5b2d4f60a8e1"

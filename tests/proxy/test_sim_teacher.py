@@ -25,7 +25,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from proxy.sim_teacher import SimulatedTeacher, embed, run_sim_teacher
+from proxy.sim.teacher import SimulatedTeacher, embed, run_sim_teacher
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSWERS = {
@@ -274,7 +274,7 @@ def test_cli_serves_a_traces_file(tmp_path: Path) -> None:
     traces = tmp_path / "traces.jsonl"
     rows = [{"input": k, "label": v} for k, v in ANSWERS.items()]
     traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cmd = [sys.executable, "-m", "proxy.sim_teacher", "--traces", str(traces), "--format", "json"]
+    cmd = [sys.executable, "-m", "proxy.sim.teacher", "--traces", str(traces), "--format", "json"]
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

@@ -76,7 +76,7 @@ async def test_one_unstorable_row_never_takes_the_batch_with_it(tmp_path):
     writer.submit(store.Decision(task="t", decision="handled", reason="\ud800", latency_ms=1.0))
     # A row no schema takes (a label longer than the column is fine in SQLite, so force
     # a type error): alone in failing.
-    writer.submit(replace(trace(300), latency_ms="not a number"))  # type: ignore[arg-type]
+    writer.submit(replace(trace(300), latency_ms=object()))  # type: ignore[arg-type]
     await writer.close()
     rows = [row async for row in store.iter_traces(engine, "t")]
     assert len(rows) == 300
@@ -97,7 +97,7 @@ async def test_a_locked_store_is_retried_before_anything_is_dropped(tmp_path):
     engine = store.create_engine(f"sqlite+aiosqlite:///{db}", busy_timeout_ms=100)
     await store.create_schema(engine)
     dropped: list[store.Record] = []
-    writer = store.StoreWriter(engine, on_dropped=dropped.append, linger_s=0)
+    writer = store.StoreWriter(engine, on_dropped=dropped.append, linger_s=0, busy_timeout_ms=100)
     writer.start()
     locked, release = threading.Event(), threading.Event()
 

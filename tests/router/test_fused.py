@@ -8,12 +8,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from proxy.sim.synthetic import separable
 from router import Router
 from router.acceptor import acceptor_features, simple_score
 from router.fused import OUTPUTS, stitch
 from training.fit import fit
 from training.onnx_graph import build_head
-from training.synthetic import separable
 
 TEXTS = [
     "my card has not arrived in the mail yet please help",
@@ -48,7 +48,7 @@ def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
 
 def test_stitched_graph_matches_the_stages_run_one_by_one(model_dir: Path) -> None:
     router = Router.load(model_dir)
-    manifest, pipe = router.manifest, router.pipeline
+    manifest, pipe = router.manifest.raw, router.pipeline
     feats = pipe.embed(TEXTS)
     head = _run(str(model_dir / manifest["classifier"]["file"]), {"features": feats})
     probs = head[0]

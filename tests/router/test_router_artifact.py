@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from proxy.sim.synthetic import separable
 from router import ArtifactError, Decision, Router
 from training.fit import FitResult, fit
-from training.synthetic import separable
 
 REPO = Path(__file__).resolve().parents[2]
 

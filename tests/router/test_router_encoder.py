@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from proxy.sim.synthetic import separable
 from router import Router
 from router.encoder import SentenceEncoder
 from training.fit import fit
-from training.synthetic import separable
 
 MINILM = Path(__file__).resolve().parents[2].parent / "shared/models/all-MiniLM-L6-v2-onnx-int8"
 pytestmark = pytest.mark.skipif(

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from proxy.sim.synthetic import separable
 from training.fit import FitResult, fit
-from training.synthetic import separable
 
 FAST = {"quiet": True, "candidates": ["linear_svm"]}
 

@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from proxy.sim.synthetic import random_labels, separable
 from router import ArtifactRefused, Router
 from training.datasets import load_labelled
-from training.fit import FitOptions, FitResult, _shares_of_sampled, fit
-from training.synthetic import random_labels, separable
+from training.fit import FitOptions, FitResult, fit
+from training.stages import shares_of_sampled as _shares_of_sampled
 from training.traces import Trace, clean_traces, load_traces, write_traces
 
 FAST = {"quiet": True, "candidates": ["linear_svm"]}
@@ -43,7 +44,7 @@ def test_refuses_on_random_labels(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "report.html", "report.json"]
     with pytest.raises(ArtifactRefused) as info:
         Router.load(out)
-    assert info.value.manifest["status"] == "refused"
+    assert info.value.manifest.status == "refused"
 
 
 def test_refuses_too_few_traces(tmp_path: Path) -> None:
@@ -180,7 +181,7 @@ def test_an_error_inside_a_fit_is_a_recorded_failure(
 ) -> None:
     """A bug or bad data mid-fit writes a `failed` manifest with the reason; the CLI says
     it in one line and exits 4, with no traceback."""
-    import training.fit as fit_module
+    import training.gate as fit_module
     from training.cli import fit_command
 
     def broken(*args: object, **kwargs: object) -> None:

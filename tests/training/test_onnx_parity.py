@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from proxy.sim.synthetic import separable
 from router.text import normalize_text
 from training.acceptors import fit_learned, learned_to_onnx
 from training.embedders import TfidfEmbedder
-from training.synthetic import separable
 
 
 def _session(model: object) -> ort.InferenceSession:

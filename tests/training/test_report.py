@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.synthetic import make_intents
+from proxy.sim.synthetic import make_intents
 from router import Router
 from training.fit import FitOptions, fit
 from training.report import build_report, report_command
@@ -68,7 +68,7 @@ def test_report_is_built_on_held_out_traces_only(artifact):
 def test_router_names_the_clusters_the_report_describes(artifact):
     out, _ = artifact
     router = Router.load(out)
-    manifest = router.manifest
+    manifest = router.manifest.raw
     decision = router.predict("my card has not arrived yet")
     assert decision.cluster is not None and 0 <= decision.cluster < manifest["clusters"]["k"]
     assert f"cluster {decision.cluster} ({manifest['clusters']['names'][decision.cluster]})" in (

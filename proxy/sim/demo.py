@@ -1,6 +1,6 @@
 """`tracer demo`: watch the flywheel turn, on one machine, with nothing to download.
 
-A simulated teacher (``proxy.sim_teacher``) plays the LLM and answers from the labels of a
+A simulated teacher (``proxy.sim.teacher``) plays the LLM and answers from the labels of a
 data set; the proxy runs in this process on a free loopback port, with its SQLite store and
 model artifacts in a temporary folder. A labelled stream is replayed in "days": each day's
 rows go through the proxy with the official openai client, and at the day's end the proxy's
@@ -35,8 +35,8 @@ from rich.console import Console
 from rich.table import Table
 from starlette.types import Receive, Scope, Send
 
-from .config import Config, parse_config
-from .refit import RefitOutcome
+from ..config import Config, parse_config
+from ..refit import RefitOutcome
 
 TASK = "intents"  # the task's name and the model alias clients ask for
 TEACHER_MODEL = "openai/gpt-4o-mini"  # priced by LiteLLM's map; served by the simulated teacher
@@ -234,8 +234,9 @@ class Flywheel:
     @classmethod
     @contextlib.contextmanager
     def running(cls, rows: Sequence[Row], workdir: Path, s: Settings) -> Iterator[Flywheel]:
-        from .app import create_app
-        from .sim_teacher import SimulatedTeacher, run_sim_teacher
+        from ..app import create_app
+        from ..server import uvicorn_options
+        from .teacher import SimulatedTeacher, run_sim_teacher
         from .threaded import serve_in_thread
 
         workdir.mkdir(parents=True, exist_ok=True)
@@ -253,12 +254,12 @@ class Flywheel:
             app = create_app(config, refit=False)
             wrapped = _LoopCapture(app)
             try:
+                options = uvicorn_options(
+                    keep_alive_s=config.server.keep_alive_seconds,
+                    read_timeout_s=config.server.read_timeout_seconds,
+                )
                 proxy_cm = serve_in_thread(
-                    wrapped,
-                    config.server.host,
-                    s.port,
-                    name="tracer-demo",
-                    timeout_keep_alive=config.server.keep_alive_seconds,
+                    wrapped, config.server.host, s.port, name="tracer-demo", **options
                 )
                 url = proxy_cm.__enter__()
             except (OSError, RuntimeError) as exc:
@@ -317,7 +318,7 @@ class Flywheel:
         """Fit on every trace so far, behind the parity gate, as the background loop would."""
         self.wait_for_traces()
         task = self.state.config.task(TASK)
-        future = asyncio.run_coroutine_threadsafe(self.state.refit_loop.refit(task), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self.state.refits.refit(task), self.loop)
         try:
             return future.result(timeout_s)
         except BaseException:  # Ctrl-C or a timeout: cancelling the refit kills its child
@@ -340,20 +341,20 @@ class Flywheel:
 
     def teacher_cost(self) -> tuple[float, int]:
         """Total teacher cost (USD) of the traces stored so far, and how many were priced."""
-        return self.state._teacher_cost.get(TASK, (0.0, 0))
+        return self.state.ledger.teacher_totals(TASK)
 
     def refusal(self, version: str | None) -> str | None:
         """The parity gate's reason, with the best it reached, from a version's manifest."""
         if version is None:
             return None
-        manifest = self.state.models.store.manifest(TASK, version) or {}
-        refusal = manifest.get("refusal")
-        if not isinstance(refusal, dict):
+        manifest = self.state.models.store.manifest(TASK, version)
+        refusal = manifest.refusal if manifest is not None else None
+        if refusal is None:
             return None
-        best = {k: v for k, v in refusal.items() if k != "reason" and isinstance(v, int | float)}
-        extra = ", ".join(f"{k} {v:.3g}" for k, v in best.items())
-        reason = str(refusal.get("reason") or "refused")
-        return reason if "(" in reason or not extra else f"{reason} ({extra})"
+        extra = ", ".join(f"{k} {v:.3g}" for k, v in refusal.figures.items())
+        return (
+            refusal.reason if "(" in refusal.reason or not extra else f"{refusal.reason} ({extra})"
+        )
 
 
 def describe(exc: BaseException) -> str:
@@ -420,6 +421,9 @@ def refit_note(day: Day, fly: Flywheel, full: bool = True) -> str:
         return "-"
     if r.outcome == "deployed":
         return f"{r.version} deployed ({day.refit_seconds:.0f} s)"
+    if r.outcome == "candidate":
+        head = f"{r.version} passed the gate ({day.refit_seconds:.0f} s)"
+        return f"{head}; checked on the next day's fresh traffic before it serves" if full else head
     if r.outcome == "refused":
         head = f"{r.version} refused ({day.refit_seconds:.0f} s)"
         return f"{head}: {fly.refusal(r.version) or r.reason}" if full else head

@@ -359,7 +359,7 @@ def run_sim_teacher(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve a traces file as a teacher until SIGINT/SIGTERM; print the base URL when ready."""
-    p = argparse.ArgumentParser(prog="python -m proxy.sim_teacher", description=main.__doc__)
+    p = argparse.ArgumentParser(prog="python -m proxy.sim.teacher", description=main.__doc__)
     p.add_argument("--traces", required=True, help="JSONL, one {input, label} per line")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from .server import ProxyServer
+from ..server import ProxyServer
 
 
 @contextlib.contextmanager

@@ -1,0 +1,155 @@
+"""Candidate against served version, judged on fresh traffic that neither has seen.
+
+A refit that passes the gate while another version serves is a candidate. Choosing
+between them must not use a figure the candidate was selected or calibrated on (it
+is optimistic: the winner's curse), nor the served version's own calibration. Both
+are scored, here, on the same sampled traces that arrived after the candidate's data
+cut: audits, explore draws and teacher answers, a uniform sample of the traffic
+that neither was fitted or calibrated on.
+
+- The candidate's answers on the traces it would handle feed the same sequential
+  agreement test that guards a served version (`proxy.evidence`): if that test
+  finds it below the target, it is rejected, before it serves anyone.
+- Otherwise, once `MIN_FRESH` traces are in, the candidate is served if it handles
+  at least as many of them as the served version, less `NOT_WORSE_BY` of them
+  (it has seen more, and more recent, traffic); if not, it is `not_better`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from router import ArtifactError, Router
+from router.chat import same_answer
+
+from . import store
+from .config import TaskConfig
+from .evidence import agreement_test
+from .metrics import Metrics
+from .models import LiveModels
+from .monitor import Monitor
+from .refit import RefitOutcome, deploy
+
+log = logging.getLogger("tracer.refit")
+
+MIN_FRESH = 200
+MAX_FRESH = 5000
+NOT_WORSE_BY = 0.01
+
+
+@dataclass(frozen=True)
+class Comparison:
+    n: int
+    candidate_handled: int
+    served_handled: int
+    candidate_agreement: float | None
+    rejected: bool
+
+
+def compare(
+    candidate: Router, served: Router, rows: list[tuple[int, str, str | None, str | None]],
+    target: float, delta: float, output_format: str,
+) -> Comparison:  # fmt: skip
+    """Score both routers on the fresh traces (blocking: run it in a thread)."""
+    texts = [r[1] for r in rows]
+    ours, theirs = candidate.predict_batch(texts), served.predict_batch(texts)
+    test = agreement_test(target, delta)
+    agreed = handled = 0
+    for (_, _, label, raw), decision in zip(rows, ours, strict=True):
+        if decision.decision != "handled":
+            continue
+        said = raw if raw is not None else label or ""
+        agrees = same_answer(candidate.manifest.answer(decision.label), said, output_format)  # type: ignore[arg-type]
+        test.add(not agrees)
+        handled += 1
+        agreed += agrees
+    return Comparison(
+        n=len(rows),
+        candidate_handled=handled,
+        served_handled=sum(d.decision == "handled" for d in theirs),
+        candidate_agreement=agreed / handled if handled else None,
+        rejected=test.alarmed,
+    )
+
+
+class Promotion:
+    def __init__(
+        self, engine: AsyncEngine, models: LiveModels, metrics: Metrics, monitor: Monitor
+    ) -> None:
+        self.engine = engine
+        self.models = models
+        self.metrics = metrics
+        self.monitor = monitor
+        self._loaded: dict[tuple[str, str], Router] = {}
+
+    async def check(self, task: TaskConfig) -> RefitOutcome | None:
+        """Settle the newest candidate of a task if the evidence allows; older ones lose."""
+        pending = await store.pending_candidates(self.engine, task.name)
+        if not pending:
+            return None
+        *older, newest = pending
+        for row in older:
+            await store.settle_refit(
+                self.engine, row["id"], "superseded", f"{newest['version']} is newer"
+            )
+        version = str(newest["version"])
+        live = self.models.get(task.name)
+        if live is None or self.monitor.fallback_reason(task.name) is not None:
+            return await self._settle(task, newest, "deployed", "nothing else was served")
+        rows = await store.sampled_traces_after(
+            self.engine, task.name, int(newest["last_trace_id"]), MAX_FRESH
+        )
+        if len(rows) < MIN_FRESH:
+            return None
+        try:
+            candidate = await asyncio.to_thread(self._router, task.name, version)
+        except ArtifactError as exc:
+            return await self._settle(task, newest, "failed", f"could not load: {exc}")
+        result = await asyncio.to_thread(
+            compare, candidate, live.router, rows, task.target, 1.0 - task.confidence,
+            task.output.format,
+        )  # fmt: skip
+        return await self._judge(task, newest, live.version, result)
+
+    async def _judge(
+        self, task: TaskConfig, row: dict[str, Any], served: str, c: Comparison
+    ) -> RefitOutcome:
+        agreement = "-" if c.candidate_agreement is None else f"{c.candidate_agreement:.3f}"
+        figures = (
+            f"on {c.n} fresh traces it would handle {c.candidate_handled} "
+            f"(agreement {agreement}), {served} handles {c.served_handled}"
+        )
+        if c.rejected:
+            return await self._settle(
+                task, row, "rejected", f"{figures}: its agreement is below the target {task.target}"
+            )
+        if c.candidate_handled >= c.served_handled - NOT_WORSE_BY * c.n:
+            return await self._settle(task, row, "deployed", figures)
+        return await self._settle(task, row, "not_better", f"{figures}; {served} stays")
+
+    async def _settle(
+        self, task: TaskConfig, row: dict[str, Any], outcome: str, reason: str
+    ) -> RefitOutcome:
+        version = str(row["version"])
+        if outcome == "deployed":
+            try:
+                await deploy(self.models, task.name, version)
+            except Exception as exc:
+                outcome, reason = "failed", f"could not serve: {exc}"
+        await store.settle_refit(self.engine, int(row["id"]), outcome, reason)
+        self.metrics.refits.labels(task.name, outcome).inc()
+        self._loaded.pop((task.name, version), None)
+        log.log(logging.INFO if outcome == "deployed" else logging.WARNING,
+                "task %s: candidate %s %s: %s", task.name, version, outcome, reason)  # fmt: skip
+        return RefitOutcome(outcome, version, reason)  # type: ignore[arg-type]
+
+    def _router(self, task: str, version: str) -> Router:
+        key = (task, version)
+        if key not in self._loaded:
+            self._loaded[key] = Router.load(self.models.store.version_dir(task, version))
+        return self._loaded[key]

@@ -1,0 +1,137 @@
+"""`POST /v1/chat/completions`: a task request is routed; anything else passes through.
+
+The way of one request: read and check the body (`http`, `validate`); match a task
+(`tasks`); decide its route (`routing`); then either answer locally (`local`, with
+maybe an audit in the background, `audit`) or ask the teacher and keep its answer
+(`teacher`). A request that matches no task is relayed unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .. import store
+from ..config import TaskConfig
+from ..exchange import Exchange
+from ..http import ClientError, read_json_object
+from ..local import answer_text, completion
+from ..routing import Route
+from ..state import ProxyState
+from ..tasks import task_input
+from ..teacher import TeacherAnswer
+from ..validate import validate_chat
+
+log = logging.getLogger("tracer.proxy")
+
+
+async def chat_completions(request: Request) -> Response:
+    state: ProxyState = request.app.state.tracer
+    server = state.config.server
+    body = await read_json_object(request, server.max_body_bytes, server.read_timeout_seconds)
+    validate_chat(body)
+    task = state.matcher.match(body)
+    if task is not None:
+        text = task_input(task, body["messages"])
+        if text is not None:
+            return await answer_task(state, task, body, text)
+    return await pass_through(state, body, task)
+
+
+async def pass_through(
+    state: ProxyState, body: dict[str, Any], matched: TaskConfig | None
+) -> Response:
+    """Relay a request that is not a task's; one that names a task alias goes to that
+    task's teacher, untouched, and the headers say why it was not treated as the task."""
+    alias_task = matched or state.matcher.by_alias(body["model"])
+    headers: dict[str, str] = {}
+    if alias_task is not None:
+        why = state.matcher.why_not(alias_task, body)
+        headers = {"x-tracer-decision": "passthrough", "x-tracer-reason": why}
+        log.debug("request for alias %s passed through: %s", body["model"], why)
+    entry = state.upstream.entry(alias_task.teacher if alias_task else body["model"])
+    if entry is None:
+        raise ClientError(
+            404,
+            f"the model `{body['model']}` does not exist on this proxy",
+            code="model_not_found",
+            param="model",
+        )
+    exchange = Exchange(state.metrics, alias_task)
+    return await state.teacher.forward(exchange, entry, body, "passthrough", headers=headers)
+
+
+async def answer_task(
+    state: ProxyState, task: TaskConfig, body: dict[str, Any], text: str
+) -> Response:
+    exchange = Exchange(state.metrics, task)
+    route = await state.decider.decide(task, body, text)
+    if route.handled:
+        return answer_locally(state, exchange, task, route, body, text)
+    return await ask_teacher(state, exchange, task, route, body, text)
+
+
+def answer_locally(
+    state: ProxyState,
+    exchange: Exchange,
+    task: TaskConfig,
+    route: Route,
+    body: dict[str, Any],
+    text: str,
+) -> Response:
+    assert route.live is not None and route.label is not None
+    content = answer_text(task, route.live, route.label)
+    record_handled(state, exchange, task, route, body, text, content)
+    return completion(content, body["model"], route, body)
+
+
+def record_handled(
+    state: ProxyState,
+    exchange: Exchange,
+    task: TaskConfig,
+    route: Route,
+    body: dict[str, Any],
+    text: str,
+    content: str,
+) -> None:
+    """A handled request: maybe an audit, the savings, the decision and the metrics."""
+    audited = state.sampling.draw(task, route.version) and state.auditor.start(
+        task, route, body, text, content
+    )
+    if not audited:
+        state.ledger.avoided(task.name)  # an audited request did not avoid its teacher call
+    prediction = route.prediction
+    state.writer.submit(
+        store.Decision(
+            task=task.name,
+            decision="handled",
+            reason=route.reason,
+            label=route.label,
+            accept_score=route.score,
+            model_version=route.version,
+            latency_ms=exchange.elapsed_ms(),
+            lane=route.lane,
+            ood=prediction.ood if prediction is not None else None,
+            cluster=prediction.cluster if prediction is not None else None,
+            input=text,
+        )
+    )
+    exchange.finish("handled")
+
+
+async def ask_teacher(
+    state: ProxyState,
+    exchange: Exchange,
+    task: TaskConfig,
+    route: Route,
+    body: dict[str, Any],
+    text: str,
+) -> Response:
+    def keep(answer: TeacherAnswer) -> None:
+        state.teacher.keep(exchange, task, text, route, answer)
+
+    entry = state.teacher.entry(task)
+    return await state.teacher.forward(exchange, entry, body, route.decision, keep, route.headers())

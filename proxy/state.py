@@ -1,0 +1,132 @@
+"""The proxy's state: every long-lived part, built once per app and passed down.
+
+Nothing here decides how a request is answered: that is `routing`, `local`,
+`teacher` and the routes. This module builds the parts, wires their callbacks, and
+runs the background loop that keeps them current: served versions (the pointers),
+sampled-trace counts, the live checks, refits and candidates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from . import store
+from .audit import Auditor
+from .config import Config
+from .ledger import Ledger
+from .metrics import Metrics
+from .models import LiveModel, LiveModels, ModelStore
+from .monitor import Monitor
+from .promotion import Promotion
+from .refit import POLL_S, RefitLoop
+from .routing import Decider
+from .sampling import SamplingPolicy
+from .tasks import TaskMatcher
+from .teacher import Teacher
+from .upstream import Upstream
+
+log = logging.getLogger("tracer.proxy")
+
+
+class ProxyState:
+    """Everything a request handler needs, built once per app (never at import)."""
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.started_at = time.time()
+        self.upstream = Upstream(config)
+        self.matcher = TaskMatcher(config.tasks)
+        self.engine = store.create_engine(config.store.url)
+        self.writer = store.StoreWriter(
+            self.engine, config.store.queue_size, on_stored=self._stored, on_dropped=self._dropped
+        )
+        self.ledger = Ledger(self.metrics)
+        self.monitor = Monitor(config, self.engine, self.metrics)
+        self.sampling = SamplingPolicy(config, self.engine, self.metrics, self.monitor)
+        task_names = [t.name for t in config.tasks]
+        self.models = LiveModels(ModelStore(config.artifacts.dir), task_names, self._swapped)
+        self.decider = Decider(self.models, self.monitor, self.metrics)
+        self.teacher = Teacher(self.upstream, self.writer, self.metrics, self.sampling)
+        self.auditor = Auditor(self.teacher, self.writer, self.metrics)
+        self.refits = RefitLoop(config, self.engine, self.models, self.metrics, self.monitor)
+        self.promotion = Promotion(self.engine, self.models, self.metrics, self.monitor)
+        self.poll_seconds = min(POLL_S, config.refit.interval_seconds)
+        self._loops: list[asyncio.Task[None]] = []
+
+    def fallback_reason(self, task: str) -> str | None:
+        return self.monitor.fallback_reason(task)
+
+    # -- callbacks ------------------------------------------------------------------------
+    def _swapped(self, task: str, old: LiveModel | None, new: LiveModel) -> None:
+        if old is not None:
+            self.metrics.model_info.remove(task, old.version)
+        self.metrics.model_info.labels(task, new.version).set(1)
+        cal = new.manifest.calibration
+        self.monitor.serve(task, new.version, cal.ood_share if cal is not None else 0.0)
+        if cal is not None and cal.agreement is not None:
+            self.metrics.calibration_agreement.labels(task).set(cal.agreement)
+        self.metrics.calibration_coverage.labels(task).set(new.certified_coverage)
+
+    def _stored(self, batch: list[store.Record]) -> None:
+        for record in batch:
+            if isinstance(record, store.Trace):
+                self.metrics.traces_stored.labels(record.task, str(record.valid).lower()).inc()
+                task = self.config.task(record.task)
+                if task is not None and record.valid:
+                    self.sampling.stored(task, record.source)
+                self.ledger.teacher_call(record.task, record.cost_usd)
+
+    def _dropped(self, record: store.Record) -> None:
+        table = {store.Trace: "traces", store.Decision: "decisions"}.get(type(record), "audits")
+        self.metrics.store_dropped.labels(table).inc()
+
+    # -- life -------------------------------------------------------------------------------
+    async def start(self, refit: bool = True) -> None:
+        await store.create_schema(self.engine)
+        await self.sampling.count()
+        await self.upstream.start()
+        self.writer.start()
+        await asyncio.to_thread(self.models.refresh)
+        await self.monitor.poll()
+        self._loops.append(asyncio.create_task(self._every(self.poll), name="tracer-checks"))
+        if refit and self.config.tasks:
+            self._loops.append(
+                asyncio.create_task(self._every(self.refits.tick), name="tracer-refit")
+            )
+
+    async def poll(self) -> None:
+        """Follow the pointers, recount samples, read new evidence, settle candidates.
+
+        Fits run in a loop of their own (`RefitLoop.tick`), so a long fit never delays
+        a demotion.
+        """
+        await asyncio.to_thread(self.models.refresh)
+        await self.sampling.count()
+        await self.monitor.poll()
+        for task in self.config.tasks:
+            await self.promotion.check(task)
+
+    async def _every(self, step: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(self.poll_seconds)
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background step failed; retrying at the next poll")
+
+    async def stop(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loop
+        await self.auditor.stop()
+        await self.writer.close()
+        await self.upstream.close()
+        await self.engine.dispose()

@@ -1,0 +1,55 @@
+"""The store: what the proxy keeps in its database, shared by every worker and replica.
+
+- `schema`: the tables (traces, decisions, audits, refits, leases);
+- `writer`: the records and the queue that writes them without delaying a response;
+- `queries`: engines, the schema's creation and migration, reads and small writes.
+"""
+
+from .queries import (
+    acquire_lease,
+    audits_after,
+    count_sampled,
+    count_traces,
+    create_engine,
+    create_schema,
+    decisions_after,
+    iter_traces,
+    last_id,
+    last_refit,
+    pending_candidates,
+    record_refit,
+    refit_attempts,
+    refit_history,
+    release_lease,
+    sampled_traces_after,
+    served_coverage,
+    settle_refit,
+)
+from .writer import Audit, Decision, Record, StoreWriter, Trace, storable
+
+__all__ = [
+    "Audit",
+    "Decision",
+    "Record",
+    "StoreWriter",
+    "Trace",
+    "acquire_lease",
+    "audits_after",
+    "count_sampled",
+    "count_traces",
+    "create_engine",
+    "create_schema",
+    "decisions_after",
+    "iter_traces",
+    "last_id",
+    "last_refit",
+    "pending_candidates",
+    "record_refit",
+    "refit_attempts",
+    "refit_history",
+    "release_lease",
+    "sampled_traces_after",
+    "served_coverage",
+    "settle_refit",
+    "storable",
+]

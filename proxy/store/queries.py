@@ -1,0 +1,243 @@
+"""Reads and small writes on the store: engines, schema, traces, leases, refits.
+
+SQLite (aiosqlite) is the default and holds one host; PostgreSQL (asyncpg) works by
+changing the URL and is what replicas on several hosts share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from sqlalchemy import event, func, insert, inspect, or_, select, text, update
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from router.traces import TRAIN_ONLY
+
+from .schema import AuditRow, Base, DecisionRow, LeaseRow, RefitRow, TraceRow
+
+
+def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
+    """An async engine; SQLite gets WAL so readers (export, refit) never block the writer."""
+    engine = create_async_engine(url)
+    if make_url(url).get_backend_name() == "sqlite":
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            cursor.close()
+
+    return engine
+
+
+async def create_schema(engine: AsyncEngine) -> None:
+    """Create missing tables, and add columns that later versions brought (nullable)."""
+    async with engine.begin() as conn:
+        await conn.run_sync(Base.metadata.create_all)
+        await conn.run_sync(_add_missing_columns)
+
+
+def _add_missing_columns(conn: Connection) -> None:
+    inspector = inspect(conn)
+    for table in Base.metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}"))
+
+
+async def iter_traces(
+    engine: AsyncEngine, task: str, valid_only: bool = True, after_id: int = 0
+) -> AsyncIterator[dict[str, Any]]:
+    """A task's traces in arrival order, streamed rather than loaded at once."""
+    query = select(TraceRow).where(TraceRow.task == task, TraceRow.id > after_id)
+    if valid_only:
+        query = query.where(TraceRow.valid.is_(True))
+    query = query.order_by(TraceRow.id)
+    async with engine.connect() as conn:
+        result = await conn.stream(query)
+        async for row in result:
+            yield dict(row._mapping)
+
+
+async def count_traces(engine: AsyncEngine, task: str, after_id: int = 0) -> int:
+    query = select(func.count()).where(
+        TraceRow.task == task, TraceRow.valid.is_(True), TraceRow.id > after_id
+    )
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def count_sampled(engine: AsyncEngine, task: str, after_id: int = 0) -> tuple[int, int]:
+    """(valid traces that sample the traffic, the last trace id looked at) after `after_id`.
+
+    Callers count on from the returned id, so a poll reads only the new rows.
+    """
+    query = select(
+        func.count().filter(TraceRow.valid.is_(True), TraceRow.source != TRAIN_ONLY),
+        func.max(TraceRow.id),
+    ).where(TraceRow.task == task, TraceRow.id > after_id)
+    async with engine.connect() as conn:
+        count, last = (await conn.execute(query)).one()
+    return int(count), int(last) if last is not None else after_id
+
+
+async def acquire_lease(engine: AsyncEngine, task: str, holder: str, ttl_s: float) -> bool:
+    """Take or renew the task's lease; one conditional write, so two takers cannot both win."""
+    now = time.time()
+    async with engine.begin() as conn:
+        taken = await conn.execute(
+            update(LeaseRow)
+            .where(
+                LeaseRow.task == task,
+                or_(LeaseRow.holder == holder, LeaseRow.expires_at < now),
+            )
+            .values(holder=holder, expires_at=now + ttl_s)
+        )
+        if taken.rowcount == 1:
+            return True
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(
+                insert(LeaseRow).values(task=task, holder=holder, expires_at=now + ttl_s)
+            )
+    except IntegrityError:
+        return False
+    return True
+
+
+async def release_lease(engine: AsyncEngine, task: str, holder: str) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(LeaseRow)
+            .where(LeaseRow.task == task, LeaseRow.holder == holder)
+            .values(expires_at=0.0)
+        )
+
+
+async def served_coverage(
+    engine: AsyncEngine, task: str, version: str, last: int = 5000
+) -> tuple[int, int]:
+    """(handled, consulted) over the last `last` requests a model version decided."""
+    recent = (
+        select(DecisionRow.decision)
+        .where(DecisionRow.task == task, DecisionRow.model_version == version)
+        .order_by(DecisionRow.id.desc())
+        .limit(last)
+        .subquery()
+    )
+    query = select(func.count(), func.count().filter(recent.c.decision == "handled"))
+    async with engine.connect() as conn:
+        consulted, handled = (await conn.execute(query.select_from(recent))).one()
+    return int(handled), int(consulted)
+
+
+async def last_refit(engine: AsyncEngine, task: str) -> dict[str, Any] | None:
+    query = select(RefitRow).where(RefitRow.task == task).order_by(RefitRow.id.desc()).limit(1)
+    async with engine.connect() as conn:
+        row = (await conn.execute(query)).first()
+    return dict(row._mapping) if row is not None else None
+
+
+async def record_refit(engine: AsyncEngine, **values: Any) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(insert(RefitRow).values(**values))
+
+
+async def audits_after(
+    engine: AsyncEngine, task: str, after_id: int = 0, limit: int = 10_000
+) -> list[tuple[int, str | None, str, int | None, bool, str]]:
+    """(id, version, lane, cluster, agrees, kind) of a task's audits after `after_id`."""
+    query = (
+        select(
+            AuditRow.id, AuditRow.version, AuditRow.lane, AuditRow.cluster, AuditRow.agrees,
+            AuditRow.kind,
+        )
+        .where(AuditRow.task == task, AuditRow.id > after_id)
+        .order_by(AuditRow.id)
+        .limit(limit)
+    )  # fmt: skip
+    async with engine.connect() as conn:
+        return [tuple(r) for r in (await conn.execute(query)).all()]  # type: ignore[misc]
+
+
+async def decisions_after(
+    engine: AsyncEngine, task: str, after_id: int = 0, limit: int = 10_000
+) -> list[tuple[int, str | None, bool | None, str]]:
+    """(id, model version, out of distribution, decision) of a task's decisions."""
+    query = (
+        select(DecisionRow.id, DecisionRow.model_version, DecisionRow.ood, DecisionRow.decision)
+        .where(DecisionRow.task == task, DecisionRow.id > after_id)
+        .order_by(DecisionRow.id)
+        .limit(limit)
+    )
+    async with engine.connect() as conn:
+        return [tuple(r) for r in (await conn.execute(query)).all()]  # type: ignore[misc]
+
+
+async def last_id(engine: AsyncEngine, table: str, task: str) -> int:
+    """The newest row id of a task in a table (0 when it has none)."""
+    row = {"audits": AuditRow, "decisions": DecisionRow, "traces": TraceRow}[table]
+    async with engine.connect() as conn:
+        value = (await conn.execute(select(func.max(row.id)).where(row.task == task))).scalar()
+    return int(value or 0)
+
+
+async def sampled_traces_after(
+    engine: AsyncEngine, task: str, after_id: int, limit: int = 5000
+) -> list[tuple[int, str, str | None, str | None]]:
+    """(id, input, label, raw_output) of valid traces that sample the traffic."""
+    query = (
+        select(TraceRow.id, TraceRow.input, TraceRow.label, TraceRow.raw_output)
+        .where(
+            TraceRow.task == task,
+            TraceRow.id > after_id,
+            TraceRow.valid.is_(True),
+            TraceRow.source != TRAIN_ONLY,
+        )
+        .order_by(TraceRow.id)
+        .limit(limit)
+    )
+    async with engine.connect() as conn:
+        return [tuple(r) for r in (await conn.execute(query)).all()]  # type: ignore[misc]
+
+
+async def refit_attempts(engine: AsyncEngine, task: str) -> int:
+    """How many fits of a task have run: the index that spends its share of delta."""
+    async with engine.connect() as conn:
+        value = (await conn.execute(select(func.count()).where(RefitRow.task == task))).scalar_one()
+    return int(value)
+
+
+async def pending_candidates(engine: AsyncEngine, task: str) -> list[dict[str, Any]]:
+    """Fits that passed the gate and wait to be compared with the served version."""
+    query = (
+        select(RefitRow)
+        .where(RefitRow.task == task, RefitRow.outcome == "candidate")
+        .order_by(RefitRow.id)
+    )
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in (await conn.execute(query)).all()]
+
+
+async def settle_refit(
+    engine: AsyncEngine, refit_id: int, outcome: str, reason: str | None
+) -> None:
+    """Record what became of a candidate: deployed, rejected, not_better or superseded."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            update(RefitRow).where(RefitRow.id == refit_id).values(outcome=outcome, reason=reason)
+        )
+
+
+async def refit_history(engine: AsyncEngine, task: str, limit: int = 50) -> list[dict[str, Any]]:
+    query = select(RefitRow).where(RefitRow.task == task).order_by(RefitRow.id.desc()).limit(limit)
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in (await conn.execute(query)).all()]

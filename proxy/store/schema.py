@@ -1,0 +1,114 @@
+"""The store's tables: traces, decisions, audits, refits, leases.
+
+Every worker and replica shares these through one database URL. Columns added in
+later versions are nullable, and `migrate` adds them to an existing database, so an
+upgrade needs no manual step.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TraceRow(Base):
+    """One teacher answer on a task route: the labelled pair the surrogate learns from."""
+
+    __tablename__ = "traces"
+    __table_args__ = (Index("ix_traces_task_id", "task", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    input: Mapped[str] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(256))
+    valid: Mapped[bool] = mapped_column(Boolean)
+    raw_output: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(256))
+    source: Mapped[str] = mapped_column(String(32), default="teacher")
+    latency_ms: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    cost_usd: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class DecisionRow(Base):
+    """Every request on a task route, whoever answered it, and what the model said."""
+
+    __tablename__ = "decisions"
+    __table_args__ = (Index("ix_decisions_task_id", "task", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(256))
+    accept_score: Mapped[float | None] = mapped_column(Float)
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    latency_ms: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    lane: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    ood: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    cluster: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    input: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Shadow mode: what the model would have done, and whether it would have agreed.
+    shadow: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    shadow_agrees: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    cost_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class AuditRow(Base):
+    """A served answer checked against the teacher's: the evidence of the live tests."""
+
+    __tablename__ = "audits"
+    __table_args__ = (Index("ix_audits_task_id", "task", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str | None] = mapped_column(String(128))
+    lane: Mapped[str] = mapped_column(String(256), default="surrogate")
+    cluster: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    agrees: Mapped[bool] = mapped_column(Boolean)
+    input: Mapped[str | None] = mapped_column(Text, nullable=True)
+    kind: Mapped[str] = mapped_column(String(16), default="audit")  # audit | shadow (lane)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class LeaseRow(Base):
+    """Who may refit a task now: one holder across workers and replicas on one store."""
+
+    __tablename__ = "leases"
+
+    task: Mapped[str] = mapped_column(String(128), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
+class RefitRow(Base):
+    """One fit attempt and its outcome; the newest says which traces it covered."""
+
+    __tablename__ = "refits"
+    __table_args__ = (Index("ix_refits_task_id", "task", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    # deployed | refused | not_better | failed | candidate | rejected | superseded
+    outcome: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str | None] = mapped_column(String(64))
+    n_traces: Mapped[int] = mapped_column(Integer)
+    last_trace_id: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str | None] = mapped_column(Text)
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)  # k of delta_k
+    delta: Mapped[float | None] = mapped_column(Float, nullable=True)  # what its certificate spent

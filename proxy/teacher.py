@@ -1,0 +1,183 @@
+"""The teacher's path: forward a request upstream, relay the answer, keep it as a trace.
+
+A non-streamed answer is checked whole before it is passed on; a stream is relayed
+chunk by chunk as it arrives, read on the way, and kept once it has ended complete.
+An upstream failure before the first byte keeps its status code; one after it ends
+the stream with an `error` event. Only a complete answer becomes a trace.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+
+from router.chat import parse_label
+from router.traces import Source
+
+from . import store
+from .answers import Answer, Completion, CompletionStream
+from .config import ModelEntry, TaskConfig
+from .errors import UpstreamError
+from .exchange import Exchange
+from .local import SSE_HEADERS
+from .metrics import Metrics
+from .routing import Route
+from .sampling import SamplingPolicy
+from .upstream import Upstream, cost_of
+
+
+@dataclass(frozen=True)
+class TeacherAnswer:
+    answer: Answer
+    seconds: float
+
+
+OnAnswer = Callable[[TeacherAnswer], None]
+
+
+class Teacher:
+    def __init__(
+        self,
+        upstream: Upstream,
+        writer: store.StoreWriter,
+        metrics: Metrics,
+        sampling: SamplingPolicy,
+    ) -> None:
+        self.upstream = upstream
+        self.writer = writer
+        self.metrics = metrics
+        self.sampling = sampling
+
+    def entry(self, task: TaskConfig) -> ModelEntry:
+        entry = self.upstream.entry(task.teacher)
+        assert entry is not None  # the config validator guarantees it
+        return entry
+
+    # -- calls ------------------------------------------------------------------------------
+    async def ask(self, entry: ModelEntry, body: dict[str, Any], task_label: str) -> TeacherAnswer:
+        """A non-streamed call whose answer the proxy reads (audits, classify)."""
+        started = time.perf_counter()
+        try:
+            result = await self.upstream.complete(entry, {**body, "stream": False})
+        except UpstreamError as err:
+            self.metrics.upstream_errors.labels(err.kind).inc()
+            raise
+        assert isinstance(result, Completion)
+        seconds = time.perf_counter() - started
+        self.metrics.upstream_latency.labels(task_label).observe(seconds)
+        return TeacherAnswer(result.answer(), seconds)
+
+    async def forward(
+        self,
+        exchange: Exchange,
+        entry: ModelEntry,
+        body: dict[str, Any],
+        decision: str,
+        on_answer: OnAnswer | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        """Relay a request to `entry` and its answer back; `on_answer` gets a whole answer."""
+        started = time.perf_counter()
+        try:
+            result = await self.upstream.complete(entry, body)
+            if isinstance(result, Completion):
+                seconds = time.perf_counter() - started
+                self.metrics.upstream_latency.labels(exchange.task_label).observe(seconds)
+                if on_answer is not None:
+                    on_answer(TeacherAnswer(result.answer(), seconds))
+                exchange.finish(decision)
+                return Response(result.body, media_type="application/json", headers=headers)
+            # Wait for the first bytes before committing to a 200, so that an upstream that
+            # fails or times out before answering still gets its proper status code.
+            first: bytes | None = await anext(result)
+        except UpstreamError as err:
+            self.metrics.upstream_errors.labels(err.kind).inc()
+            exchange.finish("error")
+            return err.response()
+        except StopAsyncIteration:
+            first = None
+        events = self._relay(exchange, first, result, started, decision, on_answer)
+        return StreamingResponse(
+            events, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
+        )
+
+    async def _relay(
+        self,
+        exchange: Exchange,
+        first: bytes | None,
+        stream: CompletionStream,
+        started: float,
+        decision: str,
+        on_answer: OnAnswer | None,
+    ) -> AsyncIterator[bytes]:
+        outcome = "error"
+        try:
+            if first is not None:
+                yield first
+            async for chunk in stream:
+                yield chunk
+            seconds = time.perf_counter() - started
+            self.metrics.upstream_latency.labels(exchange.task_label).observe(seconds)
+            if on_answer is not None:
+                on_answer(TeacherAnswer(stream.answer(), seconds))
+            outcome = decision
+        except UpstreamError as err:
+            self.metrics.upstream_errors.labels(err.kind).inc()
+            yield f"data: {json.dumps(err.body())}\n\n".encode()
+        finally:
+            exchange.finish(outcome)
+
+    # -- keeping answers ----------------------------------------------------------------------
+    def store_trace(
+        self, task: TaskConfig, text: str, answer: TeacherAnswer, source: Source
+    ) -> str | None:
+        """Parse the teacher's answer into a label and queue it as a trace; the label."""
+        said = answer.answer
+        label = parse_label(said.content, task.output.format, task.output.field, task.labels)
+        entry = self.entry(task)
+        self.writer.submit(
+            store.Trace(
+                task=task.name,
+                input=text,
+                label=label,
+                raw_output=said.content,
+                model=task.teacher,
+                latency_ms=answer.seconds * 1000.0,
+                prompt_tokens=said.prompt_tokens,
+                completion_tokens=said.completion_tokens,
+                cost_usd=cost_of(
+                    entry.litellm_params.model, said.prompt_tokens, said.completion_tokens
+                ),
+                source=source,
+            )
+        )
+        return label
+
+    def keep(
+        self, exchange: Exchange, task: TaskConfig, text: str, route: Route, answer: TeacherAnswer
+    ) -> str | None:
+        """A request the teacher answered: its trace and its decision; the label."""
+        source = self.sampling.source(task, route.consulted_model)
+        label = self.store_trace(task, text, answer, source)
+        reason = route.reason if label is not None else f"{route.reason}; answer not a valid label"
+        self.writer.submit(
+            store.Decision(
+                task=task.name,
+                decision=route.decision,
+                reason=reason,
+                label=label,
+                accept_score=route.score,
+                model_version=route.version,
+                latency_ms=exchange.elapsed_ms(),
+                lane=route.lane,
+                ood=route.prediction.ood if route.prediction is not None else None,
+                cluster=route.prediction.cluster if route.prediction is not None else None,
+                input=text,
+            )
+        )
+        return label
