@@ -29,7 +29,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from rich.console import Console  # noqa: E402
 
-from proxy.sim.demo import Day, Settings, load_rows, percentile, run  # noqa: E402
+from proxy.sim.demo import run  # noqa: E402
+from proxy.sim.flywheel import Day, Settings, load_rows, percentile  # noqa: E402
 
 DATASET = REPO.parent / "shared" / "datasets" / "banking77"
 MINILM = REPO.parent / "shared" / "models" / "all-MiniLM-L6-v2-onnx-int8"

@@ -86,20 +86,20 @@ def _models_list(args: argparse.Namespace) -> int:
     for task in config.tasks:
         current = models.current(task.name)
         for version in models.versions(task.name):
-            manifest = models.manifest(task.name, version) or {}
-            cal = manifest.get("calibration") or {}
-            refusal = manifest.get("refusal") or {}
+            manifest = models.manifest(task.name, version)
+            cal = manifest.calibration if manifest is not None else None
+            refusal = manifest.refusal if manifest is not None else None
             rows.append(
                 {
                     "task": task.name,
                     "version": version,
                     "serving": version == current,
-                    "status": manifest.get("status", "incomplete"),
-                    "created_at": manifest.get("created_at"),
-                    "threshold": manifest.get("threshold"),
-                    "calibration_coverage": cal.get("coverage"),
-                    "calibration_agreement": cal.get("agreement"),
-                    "reason": refusal.get("reason"),
+                    "status": manifest.status if manifest is not None else "incomplete",
+                    "created_at": manifest.created_at if manifest is not None else None,
+                    "threshold": manifest.threshold if manifest is not None else None,
+                    "calibration_coverage": cal.coverage if cal is not None else None,
+                    "calibration_agreement": cal.agreement if cal is not None else None,
+                    "reason": refusal.reason if refusal is not None else None,
                 }
             )
     if args.json:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.responses import JSONResponse
 
@@ -23,6 +24,13 @@ def passed_on(headers: Mapping[str, str] | None) -> dict[str, str]:
     }
 
 
+def error_body(
+    message: str, error_type: str, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error shape, the one every error the proxy returns takes."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
 @dataclass(eq=False)
 class UpstreamError(Exception):
     """A failed upstream call: the status and OpenAI error fields the client gets."""
@@ -34,11 +42,8 @@ class UpstreamError(Exception):
     code: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
 
-    def body(self) -> dict[str, object]:
-        return {
-            "error": {"message": self.message, "type": self.error_type, "param": None,
-                      "code": self.code}
-        }  # fmt: skip
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.error_type, self.code)
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)

@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .errors import error_body
 from .metrics import Metrics
 
 log = logging.getLogger("tracer.http")
@@ -48,12 +49,6 @@ class ClientError(Exception):
 
 class ClientGone(Exception):
     """The client closed the connection before its body was read; nobody gets an answer."""
-
-
-def error_body(
-    message: str, error_type: str, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
 def error_response(

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from router import ArtifactError, Decision, Router
 from router.manifest import Manifest, read_manifest
@@ -87,7 +87,7 @@ class ModelStore:
             )
             return None
         self._warned.pop(str(path), None)
-        return data
+        return cast(dict[str, Any], data)
 
     def _warn_once(self, path: Path, message: str) -> None:
         try:

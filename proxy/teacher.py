@@ -94,14 +94,15 @@ class Teacher:
                 return Response(result.body, media_type="application/json", headers=headers)
             # Wait for the first bytes before committing to a 200, so that an upstream that
             # fails or times out before answering still gets its proper status code.
-            first: bytes | None = await anext(result)
+            stream: CompletionStream = result
+            first: bytes | None = await anext(stream)
         except UpstreamError as err:
             self.metrics.upstream_errors.labels(err.kind).inc()
             exchange.finish("error")
             return err.response()
         except StopAsyncIteration:
             first = None
-        events = self._relay(exchange, first, result, started, decision, on_answer)
+        events = self._relay(exchange, first, stream, started, decision, on_answer)
         return StreamingResponse(
             events, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
         )

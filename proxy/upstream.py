@@ -25,6 +25,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import httpx
 import litellm
+from litellm.exceptions import APIConnectionError as LiteLLMConnectionError
+from litellm.exceptions import Timeout as LiteLLMTimeout
 
 from .answers import Completion, CompletionStream
 from .config import Config, ModelEntry
@@ -57,7 +59,7 @@ class Upstream:
     async def close(self) -> None:
         await self._relay.close()
         # LiteLLM caches clients bound to this event loop; close them before it closes.
-        await litellm.close_litellm_async_clients()
+        await litellm.close_litellm_async_clients()  # type: ignore[attr-defined,no-untyped-call]
 
     def entry(self, model_name: str) -> ModelEntry | None:
         return self.config.model(model_name)
@@ -199,7 +201,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def _is_timeout(exc: BaseException) -> bool:
-    timeouts = (litellm.Timeout, TimeoutError, httpx.TimeoutException)
+    timeouts = (LiteLLMTimeout, TimeoutError, httpx.TimeoutException)
     return (
         any(isinstance(e, timeouts) or is_timeout(e) for e in _chain(exc))
         or "timeout on reading data" in str(exc).lower()
@@ -207,7 +209,7 @@ def _is_timeout(exc: BaseException) -> bool:
 
 
 def _is_unreachable(exc: BaseException) -> bool:
-    failures = (litellm.APIConnectionError, ConnectionError, httpx.ConnectError)
+    failures = (LiteLLMConnectionError, ConnectionError, httpx.ConnectError)
     return any(isinstance(e, failures) or is_unreachable(e) for e in _chain(exc)) or str(
         exc
     ).rstrip().endswith("Connection error.")

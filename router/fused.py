@@ -11,6 +11,8 @@ graph too, so the scores that set the threshold are the scores served.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, compose, helper, numpy_helper
@@ -67,7 +69,7 @@ def stitch(
         inits.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
-    def node(op: str, inputs: list[str], output: str, **attrs: object) -> str:
+    def node(op: str, inputs: list[str], output: str, **attrs: Any) -> str:
         nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
 

@@ -9,7 +9,7 @@ describe a fit, and a setting added once is settable everywhere.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -85,10 +85,3 @@ class FitOptions:
 
 def _tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
-
-
-def options(base: FitOptions | None = None, **changes: Any) -> FitOptions:
-    """`base` (default settings) with `changes`; sequences become tuples."""
-    values = {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v
-              for k, v in changes.items()}  # fmt: skip
-    return replace(base or FitOptions(), **values)

@@ -24,7 +24,7 @@ from sklearn.svm import LinearSVC
 
 from training.onnx_graph import OPSET, SPARSE_MIN_DIM, build_head
 
-Matrix = np.ndarray | sp.csr_matrix
+Matrix = Any  # a dense array or a scipy sparse matrix (scipy has no type information)
 
 
 class Reducer:

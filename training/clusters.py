@@ -102,7 +102,7 @@ def fit_clusters(
     served = clusters.assign(x)
     names = []
     for c in range(len(ids)):
-        members = [labels[i] for i in np.flatnonzero(served == c)]
+        members = [labels[int(i)] for i in np.flatnonzero(served == c)]
         common = Counter(members).most_common(2)
         if not common:
             names.append("empty")

@@ -92,7 +92,7 @@ def build_head(
     r = projection.shape[1]
     mats = [projection.astype(np.float32)]
     fused_ood = centroids is not None and ood_block is None
-    if fused_ood:
+    if centroids is not None and ood_block is None:
         mats.append(centroids.T.astype(np.float32))
     w_all = np.hstack(mats) if len(mats) > 1 else mats[0]
     m = w_all.shape[1]

@@ -278,7 +278,7 @@ def _disagreements(
     groups: dict[tuple[str, str], list[int]] = defaultdict(list)
     for i in np.flatnonzero(~agree):
         groups[(rows[i]["label"], rows[i]["surrogate"])].append(int(i))
-    cards = [
+    cards: list[dict[str, Any]] = [
         {
             "teacher": teacher,
             "surrogate": surrogate,

@@ -218,7 +218,7 @@ def check_parity(
         pipe = Pipeline(tmp, Scoring.parse(manifest), threads=2)
         sample = splits.texts_of("validation")[:400]
         onnx_feats = pipe.embed(sample)
-        sk_feats = embed(feats.parts, sample)
+        sk_feats: Any = embed(feats.parts, sample)
         sk_dense = sk_feats.toarray() if sp.issparse(sk_feats) else sk_feats
         emb_diff = float(np.abs(onnx_feats - sk_dense).max()) if sample else 0.0
         scores = pipe.score(sample)

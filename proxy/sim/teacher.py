@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -234,7 +234,7 @@ class SimulatedTeacher:
         if fail:
             await self._delay()  # a failing upstream is slow too
             raise _Reject(self.error_status, "Simulated upstream error.", "simulated")
-        return body
+        return cast(dict[str, Any], body)
 
     async def _delay(self) -> None:
         with self._lock:

@@ -36,7 +36,7 @@ def serve_in_thread(
     try:
         sock.bind((host, port))
         bound_port = sock.getsockname()[1]
-        options = {
+        options: dict[str, Any] = {
             "log_level": "warning",
             "access_log": False,
             "lifespan": "auto",

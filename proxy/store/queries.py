@@ -184,9 +184,13 @@ async def decisions_after(
 
 async def last_id(engine: AsyncEngine, table: str, task: str) -> int:
     """The newest row id of a task in a table (0 when it has none)."""
-    row = {"audits": AuditRow, "decisions": DecisionRow, "traces": TraceRow}[table]
+    ids, tasks = {
+        "audits": (AuditRow.id, AuditRow.task),
+        "decisions": (DecisionRow.id, DecisionRow.task),
+        "traces": (TraceRow.id, TraceRow.task),
+    }[table]
     async with engine.connect() as conn:
-        value = (await conn.execute(select(func.max(row.id)).where(row.task == task))).scalar()
+        value = (await conn.execute(select(func.max(ids)).where(tasks == task))).scalar()
     return int(value or 0)
 
 

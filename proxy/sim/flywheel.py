@@ -1,0 +1,398 @@
+"""The flywheel's machinery: a simulated teacher and an in-process proxy, driven day by day.
+
+`Flywheel.running` starts both on loopback (store and artifacts in a work folder);
+`run_day` replays a day's rows through the proxy with the official openai client;
+`refit` fits on the traces so far behind the parity gate, as the background loop
+would. `tracer demo` prints what it does; `bench/flywheel.py` measures it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from starlette.types import Receive, Scope, Send
+
+from ..config import Config, parse_config
+
+if TYPE_CHECKING:
+    from ..state import ProxyState
+from ..refit import RefitOutcome
+
+TASK = "intents"  # the task's name and the model alias clients ask for
+TEACHER_MODEL = "openai/gpt-4o-mini"  # priced by LiteLLM's map; served by the simulated teacher
+HANDLED, TEACHER_SIDE = "handled", ("teacher", "deferred")
+
+Row = tuple[str, str]
+
+
+class DemoError(Exception):
+    """A problem the person running the demo can act on; printed without a traceback."""
+
+
+@dataclass
+class Settings:
+    per_day: int = 400
+    days: int = 6
+    teacher_latency_ms: float = 300.0
+    concurrency: int = 8
+    target: float = 0.95
+    confidence: float = 0.95
+    min_coverage: float = 0.1
+    horizon: int = 0  # tasks[].horizon: promise the target on batches of this many
+    audit_boost: int = 1000  # tasks[].audit_boost: sample more while sampled traces are few
+    embedder: str = "tfidf"  # or an encoder folder, or "tfidf+FOLDER" (tasks[].embedder)
+    port: int = 0
+    timeout_s: float = 60.0
+
+
+@dataclass
+class Outcome:
+    decision: str  # handled | deferred | teacher | error
+    seconds: float
+    agrees: bool
+    version: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Day:
+    day: int
+    outcomes: list[Outcome]
+    served: str | None  # the model version served when the day began
+    refit: RefitOutcome | None = None
+    refit_seconds: float = 0.0
+    audits: int = 0  # handled requests also asked of the teacher, in the background
+    fallback: str | None = None  # why the task answered from the teacher only, at day's end
+
+    def _count(self, *decisions: str) -> int:
+        return sum(o.decision in decisions for o in self.outcomes)
+
+    @property
+    def requests(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def handled(self) -> int:
+        return self._count(HANDLED)
+
+    @property
+    def deferred(self) -> int:
+        """Requests the teacher answered (no model, deferred, or a fallback)."""
+        return self._count(*TEACHER_SIDE)
+
+    @property
+    def teacher_calls(self) -> int:
+        """Every call the teacher received: the requests it answered, and the audits."""
+        return self.deferred + self.audits
+
+    @property
+    def errors(self) -> list[str]:
+        return [o.error or "?" for o in self.outcomes if o.decision == "error"]
+
+    @property
+    def coverage(self) -> float:
+        return self.handled / self.requests if self.requests else 0.0
+
+    @property
+    def agreement_handled(self) -> float | None:
+        handled = [o.agrees for o in self.outcomes if o.decision == HANDLED]
+        return sum(handled) / len(handled) if handled else None
+
+    @property
+    def agreement(self) -> float | None:
+        answered = [o.agrees for o in self.outcomes if o.decision != "error"]
+        return sum(answered) / len(answered) if answered else None
+
+    @property
+    def versions(self) -> list[str]:
+        return sorted({o.version for o in self.outcomes if o.version})
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile (0..1) by the nearest-rank rule; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+# -- data -----------------------------------------------------------------------------------
+def load_rows(data: str | None, n: int, seed: int = 0) -> list[Row]:
+    """``n`` labelled rows: the synthetic intents, or the train split of ``data``, shuffled."""
+    if data is None:
+        from .synthetic import make_intents
+
+        return make_intents(n, seed=seed)
+    path = Path(data)
+    if not path.exists():
+        raise DemoError(f"no data at {path} (give a data set folder or a .csv/.jsonl/.tsv file)")
+    from training.datasets import load_labelled
+
+    try:
+        rows = [(t, y) for t, y in load_labelled(path, "train") if t.strip() and y.strip()]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DemoError(f"cannot read labelled data from {path}: {exc}") from None
+    if not rows:
+        raise DemoError(f"{path} holds no labelled rows")
+    random.Random(seed).shuffle(rows)  # files are often sorted by label
+    return rows[:n]
+
+
+def demo_config(teacher_url: str, workdir: Path, labels: Sequence[str], s: Settings) -> Config:
+    raw: dict[str, Any] = {
+        "model_list": [
+            {
+                "model_name": "teacher",
+                "litellm_params": {
+                    "model": TEACHER_MODEL,
+                    "api_key": "sk-simulated",
+                    "api_base": teacher_url,
+                },
+            }
+        ],
+        "tasks": [
+            {
+                "name": TASK,
+                "match": {"model": TASK},
+                "teacher": "teacher",
+                "labels": list(labels),
+                "target": s.target,
+                "confidence": s.confidence,
+                "min_coverage": s.min_coverage,
+                "embedder": s.embedder,
+                "horizon": s.horizon,
+                "audit_boost": s.audit_boost,
+            }
+        ],
+        "server": {"port": s.port},
+        "store": {"url": f"sqlite+aiosqlite:///{workdir / 'tracer.db'}"},
+        "artifacts": {"dir": str(workdir / "artifacts")},
+        # The demo fits at each day's end itself; the background loop is off.
+        "refit": {"min_new_traces": 1_000_000_000, "interval_seconds": 1e9},
+    }
+    return parse_config(raw, env={})
+
+
+# -- the running pair: simulated teacher + proxy ----------------------------------------------
+class _LoopCapture:
+    """An ASGI wrapper that remembers the event loop the proxy's server runs on."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.startup_error: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.loop is None:
+            self.loop = asyncio.get_running_loop()
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def watch(message: Any) -> None:  # keep why start-up failed, for the error
+            if message["type"] == "lifespan.startup.failed":
+                lines = str(message.get("message") or "").strip().splitlines()
+                errors = [x for x in lines if re.match(r"^[\w.]+(Error|Exception)\b", x)]
+                self.startup_error = (errors or lines or ["start-up failed"])[-1]
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+
+class Flywheel:
+    """A proxy (in this process) in front of a simulated teacher; drive it day by day."""
+
+    def __init__(self, url: str, app: Any, loop: asyncio.AbstractEventLoop, s: Settings) -> None:
+        self.url = url  # ends in /v1
+        self.app = app
+        self.state: ProxyState = app.state.tracer
+        self.loop = loop
+        self.settings = s
+        self.answered = 0  # requests the teacher answered so far, to know when all are stored
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, rows: Sequence[Row], workdir: Path, s: Settings) -> Iterator[Flywheel]:
+        from ..app import create_app
+        from ..server import uvicorn_options
+        from .teacher import SimulatedTeacher, run_sim_teacher
+        from .threaded import serve_in_thread
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        labels = sorted({y for _, y in rows})
+        teacher = SimulatedTeacher(
+            dict(rows), labels=labels, latency_s=s.teacher_latency_ms / 1000.0
+        )
+        try:
+            teacher_cm = run_sim_teacher(teacher)
+            teacher_url = teacher_cm.__enter__()
+        except (OSError, RuntimeError) as exc:
+            raise DemoError(f"could not start the simulated teacher: {exc}") from None
+        try:
+            config = demo_config(teacher_url, workdir, labels, s)
+            app = create_app(config, refit=False)
+            wrapped = _LoopCapture(app)
+            try:
+                options = uvicorn_options(
+                    keep_alive_s=config.server.keep_alive_seconds,
+                    read_timeout_s=config.server.read_timeout_seconds,
+                )
+                proxy_cm = serve_in_thread(
+                    wrapped, config.server.host, s.port, name="tracer-demo", **options
+                )
+                url = proxy_cm.__enter__()
+            except (OSError, RuntimeError) as exc:
+                why = wrapped.startup_error or str(exc)
+                raise DemoError(
+                    f"could not start the proxy on {config.server.host}:{s.port}: {why}"
+                ) from None
+            try:
+                assert wrapped.loop is not None  # the lifespan ran before the server started
+                yield cls(f"{url}/v1", app, wrapped.loop, s)
+            finally:
+                proxy_cm.__exit__(None, None, None)
+        finally:
+            teacher_cm.__exit__(None, None, None)
+
+    # -- one day ----------------------------------------------------------------------------
+    def served(self) -> str | None:
+        live = self.state.models.get(TASK)
+        return live.version if live is not None else None
+
+    def run_day(self, day: int, rows: Sequence[Row]) -> Day:
+        served = self.served()
+        audits_before = self.audits_done()
+        outcomes = asyncio.run(send_all(self.url, rows, self.settings))
+        result = Day(day, outcomes, served)
+        self.answered += result.deferred
+        self.wait_for_traces()
+        result.audits = int(self.audits_done() - audits_before)
+        result.fallback = self.state.fallback_reason(TASK)
+        return result
+
+    def audits_done(
+        self, outcomes: Sequence[str] = ("agree", "disagree", "invalid", "error")
+    ) -> float:
+        return sum(self.metric("tracer_audits_total", task=TASK, outcome=o) for o in outcomes)
+
+    def wait_for_traces(self, timeout_s: float = 60.0) -> None:
+        """Until the audits settle and every teacher answer so far is in the store (the
+        writer is asynchronous)."""
+        deadline = time.monotonic() + timeout_s
+        seen = -1.0
+        while True:
+            audited = self.audits_done()
+            expected = self.answered + self.audits_done(("agree", "disagree", "invalid"))
+            if audited == seen and self.traces_stored() >= expected:
+                return
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"only {self.traces_stored():.0f} of {expected:.0f} teacher answers "
+                    f"reached the trace store after {timeout_s:.0f} s"
+                )
+            seen = audited
+            time.sleep(0.1)
+
+    def refit(self, timeout_s: float = 1800.0) -> RefitOutcome:
+        """Fit on every trace so far, behind the parity gate, as the background loop would."""
+        self.wait_for_traces()
+        task = self.state.config.task(TASK)
+        assert task is not None
+        future = asyncio.run_coroutine_threadsafe(self.state.refits.refit(task), self.loop)
+        try:
+            return future.result(timeout_s)
+        except BaseException:  # Ctrl-C or a timeout: cancelling the refit kills its child
+            future.cancel()
+            time.sleep(1.0)
+            raise
+
+    # -- figures ----------------------------------------------------------------------------
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.state.metrics.registry.get_sample_value(name, labels)
+        return float(value or 0.0)
+
+    def traces_stored(self) -> float:
+        return sum(
+            self.metric("tracer_traces_stored_total", task=TASK, valid=v) for v in ("true", "false")
+        )
+
+    def cost_saved(self) -> float:
+        return self.metric("tracer_cost_saved_usd_total", task=TASK)
+
+    def teacher_cost(self) -> tuple[float, int]:
+        """Total teacher cost (USD) of the traces stored so far, and how many were priced."""
+        return self.state.ledger.teacher_totals(TASK)
+
+    def refusal(self, version: str | None) -> str | None:
+        """The parity gate's reason, with the best it reached, from a version's manifest."""
+        if version is None:
+            return None
+        manifest = self.state.models.store.manifest(TASK, version)
+        refusal = manifest.refusal if manifest is not None else None
+        if refusal is None:
+            return None
+        extra = ", ".join(f"{k} {v:.3g}" for k, v in refusal.figures.items())
+        return (
+            refusal.reason if "(" in refusal.reason or not extra else f"{refusal.reason} ({extra})"
+        )
+
+
+def describe(exc: BaseException) -> str:
+    """The error and what caused it: the openai client's "Connection error." alone says
+    nothing about whether the proxy, the network or a closed socket failed."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text += f" (caused by {type(cause).__name__}: {cause})"
+    return text
+
+
+async def send_all(url: str, rows: Sequence[Row], s: Settings) -> list[Outcome]:
+    """Each row through the proxy with the official openai client, ``concurrency`` at a time."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url, api_key="demo", max_retries=0, timeout=s.timeout_s)
+    outcomes: list[Outcome | None] = [None] * len(rows)
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < len(rows):
+            i = next_index
+            next_index += 1
+            text, label = rows[i]
+            started = time.perf_counter()
+            try:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model=TASK, messages=[{"role": "user", "content": text}]
+                )
+                reply = raw.parse()
+                seconds = time.perf_counter() - started
+                content = reply.choices[0].message.content
+                outcomes[i] = Outcome(
+                    raw.headers.get("x-tracer-decision", "?"),
+                    seconds,
+                    (content or "").strip() == label,
+                    raw.headers.get("x-tracer-model-version"),
+                )
+            except Exception as exc:  # counted and reported, never silently dropped
+                seconds = time.perf_counter() - started
+                outcomes[i] = Outcome("error", seconds, False, error=describe(exc))
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(max(1, s.concurrency))))
+    finally:
+        await client.close()
+    return [o for o in outcomes if o is not None]
