@@ -225,6 +225,9 @@ class ArtifactsConfig(_Strict):
 class RefitConfig(_Strict):
     min_new_traces: int = Field(default=200, gt=0)
     interval_seconds: float = Field(default=300, gt=0)
+    # A refit also waits until the traces grew by this share since the last fit, so that
+    # fits (each spending a share of delta) grow in number like the log of the traffic.
+    growth: float = Field(default=0.5, ge=0)
 
 
 class Config(_Strict):

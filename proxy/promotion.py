@@ -10,9 +10,12 @@ that neither was fitted or calibrated on.
 - The candidate's answers on the traces it would handle feed the same sequential
   agreement test that guards a served version (`proxy.evidence`): if that test
   finds it below the target, it is rejected, before it serves anyone.
-- Otherwise, once `MIN_FRESH` traces are in, the candidate is served if it handles
-  at least as many of them as the served version, less `NOT_WORSE_BY` of them
-  (it has seen more, and more recent, traffic); if not, it is `not_better`.
+- Otherwise, once `MIN_FRESH` traces are in, the candidate is served unless the
+  served version is clearly better: among the traces exactly one of the two would
+  handle, the served version's share is tested against a coin (a one-sided sign
+  test at `WORSE_LEVEL`). The candidate has seen more, and more recent, traffic, so
+  a small difference on a few hundred traces, which is noise, goes its way; a
+  clear one leaves it `not_better`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from router import ArtifactError, Router
 from router.chat import same_answer
+from router.stats import binomial_cdf
 
 from . import store
 from .config import TaskConfig
@@ -39,7 +43,7 @@ log = logging.getLogger("tracer.refit")
 
 MIN_FRESH = 200
 MAX_FRESH = 5000
-NOT_WORSE_BY = 0.01
+WORSE_LEVEL = 0.05
 
 
 @dataclass(frozen=True)
@@ -47,8 +51,16 @@ class Comparison:
     n: int
     candidate_handled: int
     served_handled: int
+    candidate_only: int  # traces the candidate would handle and the served version not
+    served_only: int
     candidate_agreement: float | None
     rejected: bool
+
+    @property
+    def served_clearly_better(self) -> bool:
+        """One-sided sign test on the traces exactly one of the two handles."""
+        discordant = self.candidate_only + self.served_only
+        return binomial_cdf(self.candidate_only, discordant) < WORSE_LEVEL
 
 
 def compare(
@@ -60,6 +72,8 @@ def compare(
     ours, theirs = candidate.predict_batch(texts), served.predict_batch(texts)
     test = agreement_test(target, delta)
     agreed = handled = 0
+    mine = [d.decision == "handled" for d in ours]
+    yours = [d.decision == "handled" for d in theirs]
     for (_, _, label, raw), decision in zip(rows, ours, strict=True):
         if decision.decision != "handled":
             continue
@@ -71,7 +85,9 @@ def compare(
     return Comparison(
         n=len(rows),
         candidate_handled=handled,
-        served_handled=sum(d.decision == "handled" for d in theirs),
+        served_handled=sum(yours),
+        candidate_only=sum(a and not b for a, b in zip(mine, yours, strict=True)),
+        served_only=sum(b and not a for a, b in zip(mine, yours, strict=True)),
         candidate_agreement=agreed / handled if handled else None,
         rejected=test.alarmed,
     )
@@ -128,9 +144,13 @@ class Promotion:
             return await self._settle(
                 task, row, "rejected", f"{figures}: its agreement is below the target {task.target}"
             )
-        if c.candidate_handled >= c.served_handled - NOT_WORSE_BY * c.n:
+        if not c.served_clearly_better:
             return await self._settle(task, row, "deployed", figures)
-        return await self._settle(task, row, "not_better", f"{figures}; {served} stays")
+        return await self._settle(
+            task, row, "not_better",
+            f"{figures}: clearly more ({c.served_only} traces only it handles against "
+            f"{c.candidate_only}); {served} stays",
+        )  # fmt: skip
 
     async def _settle(
         self, task: TaskConfig, row: dict[str, Any], outcome: str, reason: str

@@ -89,19 +89,26 @@ class RefitLoop:
                 await self.refit(task)
 
     async def due(self, task: TaskConfig) -> bool:
-        """Enough new valid traces; or the interval passed with at least one; or fewer
-        after a demotion or a traffic shift, which asked for a refit on new traffic."""
+        """Is a fit of `task` due? Each fit spends a share of delta, so fits are spaced out
+        by the traffic: the traces must have grown by `refit.growth` since the last fit,
+        and by `refit.min_new_traces` too, or, once `refit.interval_seconds` passed, by
+        any number (a slow task still gets fits). A demotion or a traffic shift asks for
+        a fit on the new traffic as soon as `SHIFT_REFIT_TRACES` new traces are in."""
+        refit = self.config.refit
         last = await store.last_refit(self.engine, task.name)
         after = int(last["last_trace_id"]) if last else 0
+        grown = math.ceil(refit.growth * int(last["n_traces"])) if last else 0
         new = await store.count_traces(self.engine, task.name, after_id=after)
-        if new >= self.config.refit.min_new_traces:
-            return True
         wanted = task.name in self.monitor.tasks and self.monitor.task(task.name).refit_wanted
-        if wanted and new >= min(SHIFT_REFIT_TRACES, self.config.refit.min_new_traces):
+        if wanted and new >= min(SHIFT_REFIT_TRACES, refit.min_new_traces):
+            return True
+        if new < max(1, grown):
+            return False
+        if new >= refit.min_new_traces:
             return True
         since = time.monotonic() - self._last_attempt.get(task.name, time.monotonic())
         self._last_attempt.setdefault(task.name, time.monotonic())
-        return new > 0 and since >= self.config.refit.interval_seconds
+        return since >= refit.interval_seconds
 
     async def refit(self, task: TaskConfig) -> RefitOutcome:
         """One fit of one task, if this worker holds the lease."""
@@ -124,6 +131,8 @@ class RefitLoop:
         traces_path = work / f"traces-{self.holder.replace(':', '_')}.jsonl"
         n, last_id = await self._export(task.name, traces_path)
         version = self.store.next_version(task.name)
+        if task.name in self.monitor.tasks:
+            self.monitor.task(task.name).refit_wanted = False  # this fit answers the ask
         attempt = await store.refit_attempts(self.engine, task.name) + 1
         options = fit_options(task).with_(
             task=task.name, quiet=True, delta_share=delta_share(attempt)

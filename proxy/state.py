@@ -57,6 +57,7 @@ class ProxyState:
         self.promotion = Promotion(self.engine, self.models, self.metrics, self.monitor)
         self.poll_seconds = min(POLL_S, config.refit.interval_seconds)
         self._loops: list[asyncio.Task[None]] = []
+        self._polling = asyncio.Lock()  # the loop and a caller (the demo) never poll at once
 
     def fallback_reason(self, task: str) -> str | None:
         return self.monitor.fallback_reason(task)
@@ -105,11 +106,12 @@ class ProxyState:
         Fits run in a loop of their own (`RefitLoop.tick`), so a long fit never delays
         a demotion.
         """
-        await asyncio.to_thread(self.models.refresh)
-        await self.sampling.count()
-        await self.monitor.poll()
-        for task in self.config.tasks:
-            await self.promotion.check(task)
+        async with self._polling:
+            await asyncio.to_thread(self.models.refresh)
+            await self.sampling.count()
+            await self.monitor.poll()
+            for task in self.config.tasks:
+                await self.promotion.check(task)
 
     async def _every(self, step: Callable[[], Awaitable[None]]) -> None:
         while True:

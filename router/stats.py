@@ -38,6 +38,17 @@ def cp_upper(successes: int, n: int, delta: float) -> float:
     return float(_betaincinv(successes + 1, n - successes, 1.0 - delta))
 
 
+def binomial_cdf(k: int, n: int, p: float = 0.5) -> float:
+    """P(X <= k) for X ~ Binomial(n, p)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    from scipy.special import bdtr
+
+    return float(bdtr(k, n, p))
+
+
 def cp_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float] | None:
     """Two-sided interval at `confidence`; None for no trials."""
     if n <= 0:

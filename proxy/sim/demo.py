@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import logging
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..refit import RefitOutcome
 from .flywheel import (
     HANDLED,
     TASK,
@@ -52,19 +52,25 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{1000 * value:.1f} ms"
 
 
-def refit_note(day: Day, fly: Flywheel, full: bool = True) -> str:
-    r = day.refit
-    if r is None:
-        return "-"
+def fit_note(r: RefitOutcome, fly: Flywheel, full: bool = True) -> str:
+    """One fit, in words: what the gate said, and what became of it."""
     if r.outcome == "deployed":
-        return f"{r.version} deployed ({day.refit_seconds:.0f} s)"
+        return f"{r.version} served"
     if r.outcome == "candidate":
-        head = f"{r.version} passed the gate ({day.refit_seconds:.0f} s)"
-        return f"{head}; checked on the next day's fresh traffic before it serves" if full else head
-    if r.outcome == "refused":
-        head = f"{r.version} refused ({day.refit_seconds:.0f} s)"
+        head = f"{r.version} passed the gate"
+        return f"{head}, to be compared with the served version on fresh traffic" if full else head
+    if r.outcome in ("refused", "failed"):
+        head = f"{r.version} {r.outcome}"
         return f"{head}: {fly.refusal(r.version) or r.reason}" if full else head
-    return f"{r.outcome}: {r.reason}" if full else r.outcome
+    return f"{r.version} {r.outcome}: {r.reason}" if full else f"{r.version} {r.outcome}"
+
+
+def refit_note(day: Day, fly: Flywheel, full: bool = True) -> str:
+    if not day.refits:
+        return "-"
+    return "; ".join(fit_note(r, fly, full) for r in day.refits) + (
+        f" ({day.refit_seconds:.0f} s)" if full else ""
+    )
 
 
 def day_table(days: Sequence[Day], fly: Flywheel, title: str) -> Table:
@@ -74,7 +80,7 @@ def day_table(days: Sequence[Day], fly: Flywheel, title: str) -> Table:
     table.add_column("model\nserved")
     table.add_column("teacher\ncalls", justify="right")
     table.add_column("of which\naudits", justify="right")
-    table.add_column("refit at\nday's end")
+    table.add_column("fits during\nthe day")
     for d in days:
         table.add_row(
             str(d.day),
@@ -161,23 +167,18 @@ def run(
             chunk = rows[n * s.per_day : (n + 1) * s.per_day]
             if not chunk:
                 break
-            with console.status(f"day {n + 1}: {len(chunk)} requests..."):
+            with console.status(f"day {n + 1}: {len(chunk)} requests (and any fits due)..."):
                 day = fly.run_day(n + 1, chunk)
             if day.errors:
                 raise DemoError(
                     f"day {n + 1}: {len(day.errors)} of {day.requests} requests failed; "
                     f"first: {day.errors[0]}"
                 )
-            if (n + 1) * s.per_day < len(rows) and n + 1 < s.days:  # a day follows: refit
-                with console.status(f"day {n + 1}: refitting on the traces so far..."):
-                    started = time.monotonic()
-                    day.refit = fly.refit()
-                    day.refit_seconds = time.monotonic() - started
             days.append(day)
             console.print(
                 f"day {day.day}: coverage {_pct(day.coverage)}, agreement on handled "
                 f"{_pct(day.agreement_handled)}, teacher calls {day.teacher_calls}; "
-                f"refit: {refit_note(day, fly)}"
+                f"fits: {refit_note(day, fly)}"
             )
             if day.fallback is not None:
                 console.print(
@@ -186,6 +187,7 @@ def run(
                 )
             if on_day is not None:
                 on_day(day, fly)
+        fly.history()  # read while the proxy still runs
         return days, fly
 
 
@@ -195,9 +197,9 @@ def summary(days: Sequence[Day], fly: Flywheel, console: Console) -> None:
     total = sum(d.requests for d in days)
     cost, priced = fly.teacher_cost()
     console.print(day_table(days, fly, "The flywheel, day by day"))
-    for d in days:
-        if d.refit is not None and d.refit.outcome != "deployed":
-            console.print(f"Refit after day {d.day}: {refit_note(d, fly)}")
+    for row in fly.history():
+        reason = f": {row['reason']}" if row["reason"] and row["outcome"] != "deployed" else ""
+        console.print(f"Fit {row['version']} on {row['n_traces']} traces: {row['outcome']}{reason}")
     console.print(latency_table(days))
     mean = cost / priced if priced else None
     console.print(
@@ -259,10 +261,11 @@ def demo_command(argv: Sequence[str]) -> int:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tracer-")))
             days, fly = run(rows, s, workdir, console)
             summary(days, fly, console)
+            history = fly.history()
             if not any(d.handled for d in days) and not any(
-                d.refit and d.refit.outcome == "deployed" for d in days
+                row["outcome"] == "deployed" for row in history
             ):
-                reasons = [refit_note(d, fly) for d in days if d.refit]
+                reasons = [f"{r['version']} {r['outcome']}: {r['reason']}" for r in history]
                 raise DemoError(
                     "no model was ever deployed, so the teacher answered everything; "
                     "last refit: "

@@ -15,7 +15,7 @@ import random
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,10 @@ class Settings:
     horizon: int = 0  # tasks[].horizon: promise the target on batches of this many
     audit_boost: int = 1000  # tasks[].audit_boost: sample more while sampled traces are few
     embedder: str = "tfidf"  # or an encoder folder, or "tfidf+FOLDER" (tasks[].embedder)
+    # refit.min_new_traces; 0: a day's worth. Time is compressed: the proxy's refit rule
+    # is checked after every `step` requests, and a due fit runs before traffic goes on.
+    min_new_traces: int = 0
+    step: int = 100
     port: int = 0
     timeout_s: float = 60.0
 
@@ -70,7 +74,7 @@ class Day:
     day: int
     outcomes: list[Outcome]
     served: str | None  # the model version served when the day began
-    refit: RefitOutcome | None = None
+    refits: list[RefitOutcome] = field(default_factory=list)  # fits that ran during the day
     refit_seconds: float = 0.0
     audits: int = 0  # handled requests also asked of the teacher, in the background
     fallback: str | None = None  # why the task answered from the teacher only, at day's end
@@ -179,8 +183,9 @@ def demo_config(teacher_url: str, workdir: Path, labels: Sequence[str], s: Setti
         "server": {"port": s.port},
         "store": {"url": f"sqlite+aiosqlite:///{workdir / 'tracer.db'}"},
         "artifacts": {"dir": str(workdir / "artifacts")},
-        # The demo fits at each day's end itself; the background loop is off.
-        "refit": {"min_new_traces": 1_000_000_000, "interval_seconds": 1e9},
+        # Fits run when the flywheel checks the refit rule (`Flywheel.tick`), between
+        # steps of traffic; the background loop only reads evidence and settles candidates.
+        "refit": {"min_new_traces": s.min_new_traces or s.per_day, "interval_seconds": 1e9},
     }
     return parse_config(raw, env={})
 
@@ -221,6 +226,7 @@ class Flywheel:
         self.loop = loop
         self.settings = s
         self.answered = 0  # requests the teacher answered so far, to know when all are stored
+        self._history: list[dict[str, Any]] = []
 
     @classmethod
     @contextlib.contextmanager
@@ -271,16 +277,49 @@ class Flywheel:
         live = self.state.models.get(TASK)
         return live.version if live is not None else None
 
-    def run_day(self, day: int, rows: Sequence[Row]) -> Day:
-        served = self.served()
+    def run_day(self, day: int, rows: Sequence[Row], on_step: Any = None) -> Day:
+        """A day's rows in steps; after each, what the proxy's loop would do by then."""
+        result = Day(day, [], self.served())
         audits_before = self.audits_done()
-        outcomes = asyncio.run(send_all(self.url, rows, self.settings))
-        result = Day(day, outcomes, served)
-        self.answered += result.deferred
+        step = max(1, self.settings.step)
+        for start in range(0, len(rows), step):
+            outcomes = asyncio.run(send_all(self.url, rows[start : start + step], self.settings))
+            result.outcomes += outcomes
+            self.answered += sum(o.decision in TEACHER_SIDE for o in outcomes)
+            started = time.monotonic()
+            fitted = self.tick()
+            if fitted is not None:
+                result.refits.append(fitted)
+                result.refit_seconds += time.monotonic() - started
+                if on_step is not None:
+                    on_step(fitted)
         self.wait_for_traces()
         result.audits = int(self.audits_done() - audits_before)
         result.fallback = self.state.fallback_reason(TASK)
         return result
+
+    def tick(self, timeout_s: float = 1800.0) -> RefitOutcome | None:
+        """The background loop's work, now: read new evidence, settle candidates, and
+        fit if the task is due (time is compressed, so traffic waits for the fit)."""
+        self.wait_for_traces()
+        task = self.state.config.task(TASK)
+        assert task is not None
+
+        async def work() -> RefitOutcome | None:
+            await self.state.poll()
+            if not await self.state.refits.due(task):
+                return None
+            outcome = await self.state.refits.refit(task)
+            await self.state.poll()  # a fit that passed may be served at once
+            return outcome
+
+        future = asyncio.run_coroutine_threadsafe(work(), self.loop)
+        try:
+            return future.result(timeout_s)
+        except BaseException:  # Ctrl-C or a timeout: cancelling the refit kills its child
+            future.cancel()
+            time.sleep(1.0)
+            raise
 
     def audits_done(
         self, outcomes: Sequence[str] = ("agree", "disagree", "invalid", "error")
@@ -305,18 +344,17 @@ class Flywheel:
             seen = audited
             time.sleep(0.1)
 
-    def refit(self, timeout_s: float = 1800.0) -> RefitOutcome:
-        """Fit on every trace so far, behind the parity gate, as the background loop would."""
-        self.wait_for_traces()
-        task = self.state.config.task(TASK)
-        assert task is not None
-        future = asyncio.run_coroutine_threadsafe(self.state.refits.refit(task), self.loop)
-        try:
-            return future.result(timeout_s)
-        except BaseException:  # Ctrl-C or a timeout: cancelling the refit kills its child
-            future.cancel()
-            time.sleep(1.0)
-            raise
+    def history(self) -> list[dict[str, Any]]:
+        """Every fit of the task so far, oldest first, with what became of it (the last
+        one read while the proxy ran, once it has stopped)."""
+        from .. import store
+
+        if not self.loop.is_closed():
+            future = asyncio.run_coroutine_threadsafe(
+                store.refit_history(self.state.engine, TASK), self.loop
+            )
+            self._history = list(reversed(future.result(60)))
+        return self._history
 
     # -- figures ----------------------------------------------------------------------------
     def metric(self, name: str, **labels: str) -> float:
@@ -384,7 +422,7 @@ async def send_all(url: str, rows: Sequence[Row], s: Settings) -> list[Outcome]:
                 outcomes[i] = Outcome(
                     raw.headers.get("x-tracer-decision", "?"),
                     seconds,
-                    (content or "").strip() == label,
+                    content == label,  # exact: the promise is the teacher's answer, byte for byte
                     raw.headers.get("x-tracer-model-version"),
                 )
             except Exception as exc:  # counted and reported, never silently dropped

@@ -43,6 +43,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: 
 _CONFIG_KEYS = frozenset((
     "labels", "latency_s", "jitter_s", "error_rate", "error_status", "noise", "output_format",
     "json_field", "stream_chunk_chars", "chunk_delay_s", "require_key", "models", "fault",
+    "spellings",
 ))  # fmt: skip
 # Broken answers a real upstream or a proxy in front of it can send with a 200.
 FAULTS = ("non_json", "truncated", "no_choices", "stream_cut", "stream_no_done", "error_event")
@@ -125,6 +126,7 @@ class SimulatedTeacher:
         require_key: str | None = None,
         models: Sequence[str] = ("sim-teacher",),
         fault: str | None = None,
+        spellings: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.answers: dict[str, str] = {k.strip(): v for k, v in answers.items()}
         self.relabel: dict[str, str] = {}
@@ -135,6 +137,9 @@ class SimulatedTeacher:
         self.stream_chunk_chars, self.require_key = stream_chunk_chars, require_key
         self.models = list(models)
         self.fault = fault  # one of FAULTS: every chat answer is broken that way
+        # How the teacher writes a label: {label: [raw answer, ...]}, one picked by a hash
+        # of the input (so an input is always answered alike); default: the label itself.
+        self.spellings = {k: list(v) for k, v in (spellings or {}).items()}
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # configure() runs on the caller's thread, not the loop's
         self._counts = _new_counts()
@@ -196,6 +201,14 @@ class SimulatedTeacher:
         return self.relabel.get(label, label)
 
     def _answer(self, text: str) -> str:
+        """The raw answer text: a (maybe noisy) label, rendered as this teacher writes it."""
+        label = self._pick_label(text)
+        spelled = self.spellings.get(label)
+        if spelled:
+            return spelled[_stable_hash(text) % len(spelled)]
+        return self._render(label)
+
+    def _pick_label(self, text: str) -> str:
         label = self.true_label(text)
         with self._lock:
             if self.noise <= 0 or self._rng.random() >= self.noise:
@@ -251,7 +264,7 @@ class SimulatedTeacher:
         n = body.get("n") or 1
         if not isinstance(n, int) or not 1 <= n <= 128:
             raise _Reject(400, "'n' must be an integer from 1 to 128.", "invalid_n")
-        contents = [self._render(self._answer(text)) for _ in range(n)]
+        contents = [self._answer(text) for _ in range(n)]
         model = str(body.get("model", "sim-teacher"))
         if model not in self.models:
             self.models.append(model)  # "known" models: configured ones plus any asked for
