@@ -2,7 +2,7 @@
 
 Fits a surrogate on Banking77's train split (or reuses one with ``--artifacts``), points
 ``current.json`` at it, and starts ``tracer serve`` (one uvicorn worker) in a subprocess,
-with the simulated teacher (``python -m proxy.sim.teacher``) in another as the task's
+with the simulated teacher (``tracer sim-teacher``) in another as the task's
 teacher. Then, through HTTP with 32 concurrent requests:
 
 - handled: Banking77 test inputs that the model answers itself (which ones is found by
@@ -123,7 +123,7 @@ def cpu_seconds(pid: int) -> float:
 
 @contextlib.contextmanager
 def teacher(traces: Path, latency_ms: float, log: Path) -> Iterator[str]:
-    cmd = [sys.executable, "-m", "proxy.sim.teacher", "--traces", str(traces)]
+    cmd = [sys.executable, "-m", "proxy.cli", "sim-teacher", "--data", str(traces)]
     cmd += ["--port", "0", "--latency-ms", str(latency_ms)]
     with log.open("w") as err:
         proc = subprocess.Popen(

@@ -1,6 +1,6 @@
 """Mixed concurrent load on a real `tracer serve`, then a consistency audit of its store.
 
-Starts the simulated teacher (``python -m proxy.sim.teacher``) over a labelled set (synthetic
+Starts the simulated teacher (``tracer sim-teacher``) over a labelled set (synthetic
 intents, or ``--data``), fits a surrogate on part of it (``tracer fit``) and serves it (unless
 ``--no-serve-model``), starts ``tracer serve`` and sends ``--requests`` requests at
 ``--concurrency`` from one aiohttp session, a seeded mix of task chat (plain, and streamed to
@@ -72,7 +72,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 def start_teacher(work: Path, latency_ms: float, procs: Procs) -> str:
-    cmd = [sys.executable, "-m", "proxy.sim.teacher", "--traces", str(work / "answers.jsonl"),
+    cmd = [sys.executable, "-m", "proxy.cli", "sim-teacher", "--data", str(work / "answers.jsonl"),
            "--port", "0", "--latency-ms", str(latency_ms)]  # fmt: skip
     with (log := work / "teacher.log").open("w") as f:
         proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=f, text=True)

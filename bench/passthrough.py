@@ -1,6 +1,6 @@
 """Pass-through overhead of the proxy (issue 2): proxy vs direct, side by side in one run.
 
-Starts the simulated teacher (``python -m proxy.sim.teacher``) and the proxy (``tracer
+Starts the simulated teacher (``tracer sim-teacher``) and the proxy (``tracer
 serve``) as subprocesses on free loopback ports, then drives both with one
 async HTTP client (aiohttp; see ``Client``) and 32 concurrent workers. Direct and proxy
 blocks alternate in ABBA order (direct, proxy, proxy, direct, ...) so machine noise
@@ -81,7 +81,7 @@ def stop(proc: subprocess.Popen[str]) -> None:
 
 
 def start_teacher(traces: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "proxy.sim.teacher", "--traces", str(traces), "--port", "0"]
+    cmd = [sys.executable, "-m", "proxy.cli", "sim-teacher", "--data", str(traces), "--port", "0"]
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=log.open("w"), text=True
     )

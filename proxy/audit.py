@@ -19,7 +19,7 @@ from .config import TaskConfig
 from .errors import UpstreamError
 from .metrics import Metrics
 from .routing import Route
-from .teacher import Teacher
+from .teacher import Teacher, answer_key
 
 MAX_IN_FLIGHT = 64
 
@@ -32,19 +32,31 @@ class Auditor:
         self.jobs: set[asyncio.Task[None]] = set()
 
     def start(
-        self, task: TaskConfig, route: Route, body: dict[str, Any], text: str, served: str
+        self,
+        task: TaskConfig,
+        route: Route,
+        body: dict[str, Any],
+        text: str,
+        served: str,
+        by_label: bool = False,
     ) -> bool:
         """Audit a handled request in the background; False when too many already wait."""
         if len(self.jobs) >= MAX_IN_FLIGHT:
             self.metrics.audits.labels(task.name, "skipped").inc()
             return False
-        job = asyncio.create_task(self._audit(task, route, body, text, served))
+        job = asyncio.create_task(self._audit(task, route, body, text, served, by_label))
         self.jobs.add(job)
         job.add_done_callback(self.jobs.discard)
         return True
 
     async def _audit(
-        self, task: TaskConfig, route: Route, body: dict[str, Any], text: str, served: str
+        self,
+        task: TaskConfig,
+        route: Route,
+        body: dict[str, Any],
+        text: str,
+        served: str,
+        by_label: bool,
     ) -> None:
         request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
         try:
@@ -53,11 +65,11 @@ class Auditor:
             self.metrics.audits.labels(task.name, "error").inc()
             return
         label = self.teacher.store_trace(task, text, answer, "audit")
-        said = answer.answer.content
+        said = label if by_label else answer_key(task, answer.answer)
         if label is None or said is None:
             self.metrics.audits.labels(task.name, "invalid").inc()
             return
-        agrees = same_answer(served, said, task.output.format)
+        agrees = served == said if by_label else same_answer(served, said, task.output.format)
         self.metrics.audits.labels(task.name, "agree" if agrees else "disagree").inc()
         cluster = route.prediction.cluster if route.prediction is not None else None
         self.writer.submit(store.Audit(task.name, route.version, agrees, route.lane, cluster, text))

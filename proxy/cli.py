@@ -152,6 +152,11 @@ DELEGATED = {
     "eval": ("training.cli", "eval_command", "evaluate an artifact on labelled data"),
     "report": ("training.report", "report_command", "explain what a model handles and defers"),
     "demo": ("proxy.sim.demo", "demo_command", "watch the flywheel turn on a simulated teacher"),
+    "sim-teacher": (
+        "proxy.sim.cli",
+        "sim_teacher_command",
+        "a simulated OpenAI-compatible teacher on loopback, answering from a data set",
+    ),
 }
 
 

@@ -119,6 +119,19 @@ class TaskConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     match: TaskMatch
     teacher: str
+    kind: Literal["classify", "tools"] = Field(
+        default="classify",
+        description="tools: requests carry `tools`, and the label is the teacher's tool choice",
+    )
+    mode: Literal["serve", "shadow"] = Field(
+        default="serve",
+        description="shadow: score every request, but let the teacher answer all of them",
+    )
+    narrow_to: str | None = Field(
+        default=None,
+        description="tools: the model_name that fills a call's arguments when only its "
+        "tool is certain (default: the teacher)",
+    )
     prompt: str | None = Field(
         default=None,
         description="system prompt /v1/classify sends to the teacher; default: the matched text",
@@ -252,6 +265,12 @@ class Config(_Strict):
                     f"tasks[{i}].teacher: {task.teacher!r} is not a model_name in "
                     f"model_list (known: {', '.join(names)})"
                 )
+            if task.narrow_to is not None and task.kind != "tools":
+                raise ValueError(f"tasks[{i}].narrow_to is for tasks of kind tools")
+            if task.narrow_to is not None and task.narrow_to not in names:
+                raise ValueError(
+                    f"tasks[{i}].narrow_to: {task.narrow_to!r} is not a model_name in model_list"
+                )
         return self
 
     def model(self, name: str) -> ModelEntry | None:
@@ -330,5 +349,6 @@ def fit_options(task: TaskConfig) -> FitOptions:
         embedder=task.embedder,
         encoder_weight=task.encoder_weight,
         output_format=task.output.format,
+        kind=task.kind,
         task=task.name,
     )

@@ -78,6 +78,19 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.narrowed = Counter(
+            "tracer_narrowed",
+            "Tool-task requests whose tool was certain but not its arguments: the request "
+            "was narrowed to that tool and forced.",
+            ["task"],
+            registry=r,
+        )
+        self.prompt_tokens_saved = Counter(
+            "tracer_prompt_tokens_saved",
+            "Prompt tokens narrowed calls did not send, against the mean full teacher call.",
+            ["task"],
+            registry=r,
+        )
         self.refits = Counter(
             "tracer_refits",
             "Refit attempts by outcome (deployed, refused, failed).",

@@ -145,6 +145,10 @@ class RefitLoop:
         )  # fmt: skip
         traces_path.unlink(missing_ok=True)
         manifest = self.store.manifest(task.name, version)
+        # What the fit spent of delta: its share if it tested calibration (a crash may
+        # have: count it), none if it was refused before.
+        recorded = manifest.raw.get("delta_spent") if manifest is not None else None
+        spent = float(recorded) if isinstance(recorded, int | float) else options.delta
         if code == 0 and manifest is not None and manifest.deployed:
             result = await self._passed(task, version)
         elif code in (REFUSED, FAILED) and manifest is not None:
@@ -164,7 +168,7 @@ class RefitLoop:
             reason=result.reason,
             seconds=time.monotonic() - started,
             attempt=attempt,
-            delta=options.delta,
+            delta=spent,
         )
         return result
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from router import Decision as Prediction
+from router.tools import MESSAGE, ToolPlan
 
 from .config import TaskConfig
 from .metrics import Metrics
 from .models import LiveModel, LiveModels
 from .monitor import Monitor
+from .tool_calls import offered_tool, tool_ineligible, valid_arguments
 
 DecisionKind = Literal["handled", "deferred", "teacher", "passthrough"]
 SURROGATE, TEACHER = "surrogate", "teacher"
@@ -45,6 +47,11 @@ class Route:
     lane: str = TEACHER  # surrogate | a lane's model_name | teacher
     live: LiveModel | None = None
     prediction: Prediction | None = None
+    tool: ToolPlan | None = None  # a tool task: the whole call, or the tool to narrow to
+
+    @property
+    def narrowed(self) -> bool:
+        return self.tool is not None and self.tool.kind == "narrow"
 
     @property
     def version(self) -> str | None:
@@ -78,11 +85,17 @@ class Route:
             headers["x-tracer-accept-score"] = f"{self.score:.6f}"
         if self.version is not None:
             headers["x-tracer-model-version"] = self.version
+        if self.narrowed:
+            assert self.tool is not None
+            headers["x-tracer-narrowed-to"] = self.tool.name
         return headers
 
     def body_field(self) -> dict[str, Any]:
         """The `tracer` field of a response body: the same facts as the headers."""
-        return {
+        field: dict[str, Any] = {}
+        if self.tool is not None and self.narrowed:
+            field["narrowed_to"] = self.tool.name
+        return field | {
             "decision": self.decision,
             "lane": self.lane,
             "label": self.label,
@@ -116,12 +129,45 @@ class Decider:
         fallback = self.monitor.fallback_reason(task.name)
         if fallback is not None:
             return Route("teacher", f"fallback: {fallback}")
-        why_not = ineligible(body)
+        why_not = tool_ineligible(body) if task.kind == "tools" else ineligible(body)
         if why_not is not None:
             return Route("deferred", f"deferred: {why_not}", TEACHER, live)
         prediction = await live.predict(text)
+        if prediction.handled and task.kind == "tools":
+            return self._tool_route(task, body, text, live, prediction)
         if prediction.handled:
             return Route("handled", prediction.reason, SURROGATE, live, prediction)
         if prediction.ood:
             self.metrics.ood.labels(task.name).inc()
         return Route("deferred", prediction.reason, TEACHER, live, prediction)
+
+    def _tool_route(
+        self,
+        task: TaskConfig,
+        body: Mapping[str, Any],
+        text: str,
+        live: LiveModel,
+        prediction: Prediction,
+    ) -> Route:
+        """A certified tool choice: the whole call, a narrowed request, or the teacher."""
+        caller = live.router.tools
+        if caller is None:
+            return Route("deferred", "deferred: the artifact has no tool section", TEACHER,
+                         live, prediction)  # fmt: skip
+        plan = caller.plan(prediction.label, prediction.accept_score, text)
+        reason = f"{prediction.reason}; {plan.reason}"
+        if plan.kind == "whole" and plan.name == MESSAGE:
+            return Route("handled", reason, SURROGATE, live, prediction, plan)
+        tool = offered_tool(body, plan.name)
+        if tool is None or plan.kind == "defer":
+            why = plan.reason if tool is not None else f"the request offers no tool {plan.name}"
+            return Route("deferred", f"{prediction.reason}; deferred: {why}", TEACHER, live,
+                         prediction)  # fmt: skip
+        if plan.kind == "whole" and valid_arguments(tool, plan.arguments or {}):
+            return Route("handled", reason, SURROGATE, live, prediction, plan)
+        if plan.kind == "whole":
+            plan = ToolPlan("narrow", plan.name, plan.arguments, plan.score,
+                            "its arguments fail the tool's schema")  # fmt: skip
+            reason = f"{prediction.reason}; {plan.reason}"
+        lane = task.narrow_to or TEACHER
+        return Route("deferred", f"{reason}; narrowed to {plan.name}", lane, live, prediction, plan)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from . import store
 from .audit import Auditor
@@ -57,10 +58,15 @@ class ProxyState:
         self.promotion = Promotion(self.engine, self.models, self.metrics, self.monitor)
         self.poll_seconds = min(POLL_S, config.refit.interval_seconds)
         self._loops: list[asyncio.Task[None]] = []
+        self.tools_seen: dict[str, list[Any]] = {}
         self._polling = asyncio.Lock()  # the loop and a caller (the demo) never poll at once
 
     def fallback_reason(self, task: str) -> str | None:
         return self.monitor.fallback_reason(task)
+
+    def remember_tools(self, task: str, tools: list[Any]) -> None:
+        """The tools a tool task's agent offered last: what /v1/classify sends the teacher."""
+        self.tools_seen[task] = tools
 
     # -- callbacks ------------------------------------------------------------------------
     def _swapped(self, task: str, old: LiveModel | None, new: LiveModel) -> None:
@@ -80,7 +86,8 @@ class ProxyState:
                 task = self.config.task(record.task)
                 if task is not None and record.valid:
                     self.sampling.stored(task, record.source)
-                self.ledger.teacher_call(record.task, record.cost_usd)
+                if record.source != "narrowed":
+                    self.ledger.teacher_call(record.task, record.cost_usd, record.prompt_tokens)
 
     def _dropped(self, record: store.Record) -> None:
         table = {store.Trace: "traces", store.Decision: "decisions"}.get(type(record), "audits")

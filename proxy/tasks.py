@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from router.chat import extract_input, system_prompt
+from router.tools import tool_input
 
 from .config import TaskConfig
 
@@ -24,6 +25,8 @@ class TaskMatcher:
         for task in self.tasks:
             if task.match.model is not None and task.match.model != model:
                 continue
+            if task.kind == "tools" and not body.get("tools"):
+                continue  # an agent's tool step carries its tools
             needle = task.match.system_prompt_contains
             if needle is not None:
                 if prompt is None:
@@ -37,6 +40,8 @@ class TaskMatcher:
         """Why a request that names `task`'s alias was not treated as the task."""
         if task.match.model is not None and body.get("model") != task.match.model:
             return f"the model is not the task's alias `{task.match.model}`"
+        if task.kind == "tools" and not body.get("tools"):
+            return f"task `{task.name}` is a tool task, and the request carries no `tools`"
         needle = task.match.system_prompt_contains
         if needle is not None and needle not in system_prompt(body["messages"]):
             return (
@@ -53,4 +58,8 @@ class TaskMatcher:
 
 
 def task_input(task: TaskConfig, messages: Sequence[Mapping[str, Any]]) -> str | None:
+    """The classifier's input; a tool task's also names the tools called since the user
+    last spoke (`router.tools.tool_input`)."""
+    if task.kind == "tools":
+        return tool_input(messages, task.input.message, task.input.pattern)
     return extract_input(messages, task.input.message, task.input.pattern)

@@ -17,6 +17,7 @@ from typing import Any
 from starlette.responses import Response, StreamingResponse
 
 from router.chat import parse_label
+from router.tools import call_json, tool_label
 from router.traces import Source
 
 from . import store
@@ -35,6 +36,22 @@ from .upstream import Upstream, cost_of
 class TeacherAnswer:
     answer: Answer
     seconds: float
+    body: bytes | None = None  # the upstream's bytes, for a non-streamed call
+
+
+def label_of(task: TaskConfig, said: Answer) -> str | None:
+    """The teacher's answer as the task's label, or None when it is not a valid one."""
+    if task.kind == "tools":
+        return tool_label(said.tool_calls, said.content)
+    return parse_label(said.content, task.output.format, task.output.field, task.labels)
+
+
+def answer_key(task: TaskConfig, said: Answer) -> str | None:
+    """The whole answer as text: what a local answer must equal (a tool task's calls with
+    parsed arguments; a classification's content as written)."""
+    if task.kind == "tools":
+        return call_json(said.tool_calls, said.content)
+    return said.content
 
 
 OnAnswer = Callable[[TeacherAnswer], None]
@@ -62,15 +79,16 @@ class Teacher:
     async def ask(self, entry: ModelEntry, body: dict[str, Any], task_label: str) -> TeacherAnswer:
         """A non-streamed call whose answer the proxy reads (audits, classify)."""
         started = time.perf_counter()
+        request = {k: v for k, v in body.items() if k != "stream_options"}
         try:
-            result = await self.upstream.complete(entry, {**body, "stream": False})
+            result = await self.upstream.complete(entry, {**request, "stream": False})
         except UpstreamError as err:
             self.metrics.upstream_errors.labels(err.kind).inc()
             raise
         assert isinstance(result, Completion)
         seconds = time.perf_counter() - started
         self.metrics.upstream_latency.labels(task_label).observe(seconds)
-        return TeacherAnswer(result.answer(), seconds)
+        return TeacherAnswer(result.answer(), seconds, result.body)
 
     async def forward(
         self,
@@ -135,25 +153,30 @@ class Teacher:
 
     # -- keeping answers ----------------------------------------------------------------------
     def store_trace(
-        self, task: TaskConfig, text: str, answer: TeacherAnswer, source: Source
+        self,
+        task: TaskConfig,
+        text: str,
+        answer: TeacherAnswer,
+        source: Source,
+        entry: ModelEntry | None = None,
     ) -> str | None:
-        """Parse the teacher's answer into a label and queue it as a trace; the label."""
+        """Parse an answer (the teacher's, or a narrowing model's) into a label and queue
+        it as a trace; the label."""
         said = answer.answer
-        label = parse_label(said.content, task.output.format, task.output.field, task.labels)
-        entry = self.entry(task)
+        label = label_of(task, said)
+        entry = entry or self.entry(task)
+        model = entry.litellm_params.model
         self.writer.submit(
             store.Trace(
                 task=task.name,
                 input=text,
                 label=label,
-                raw_output=said.content,
-                model=task.teacher,
+                raw_output=answer_key(task, said),
+                model=entry.model_name,
                 latency_ms=answer.seconds * 1000.0,
                 prompt_tokens=said.prompt_tokens,
                 completion_tokens=said.completion_tokens,
-                cost_usd=cost_of(
-                    entry.litellm_params.model, said.prompt_tokens, said.completion_tokens
-                ),
+                cost_usd=cost_of(model, said.prompt_tokens, said.completion_tokens),
                 source=source,
             )
         )
@@ -165,6 +188,13 @@ class Teacher:
         """A request the teacher answered: its trace and its decision; the label."""
         source = self.sampling.source(task, route.consulted_model)
         label = self.store_trace(task, text, answer, source)
+        self.record(exchange, task, text, route, label)
+        return label
+
+    def record(
+        self, exchange: Exchange, task: TaskConfig, text: str, route: Route, label: str | None
+    ) -> None:
+        """The decisions-table row of a request answered upstream."""
         reason = route.reason if label is not None else f"{route.reason}; answer not a valid label"
         self.writer.submit(
             store.Decision(
@@ -181,4 +211,3 @@ class Teacher:
                 input=text,
             )
         )
-        return label

@@ -9,6 +9,7 @@ from router.decision import Decision
 from router.errors import ArtifactError
 from router.manifest import Manifest, read_manifest, verify_files
 from router.pipeline import Pipeline, Scores
+from router.tools import ToolCaller
 
 
 class Router:
@@ -23,6 +24,10 @@ class Router:
         self.labels: list[str] = pipeline.labels
         self.version: str = manifest.version
         self._pipeline = pipeline
+        section = manifest.raw.get("tools")
+        self.tools: ToolCaller | None = (
+            ToolCaller(directory, section) if isinstance(section, dict) else None
+        )
 
     @classmethod
     def load(cls, path: str | Path, *, intra_op_threads: int = 1) -> Router:

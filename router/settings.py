@@ -29,6 +29,7 @@ class FitOptions:
     embedder: str = "tfidf"  # "tfidf" | encoder folder | "tfidf+FOLDER" | "hf:REPO"
     encoder_weight: float = 2.0  # scale of the encoder block when joined with TF-IDF
     output_format: Literal["text", "json"] = "text"  # how answers compare (JSON: parsed)
+    kind: Literal["classify", "tools"] = "classify"  # tools: labels are tool choices
     seed: int = 0
     test_size: float = 0.1
     # The bound's slack shrinks with the calibration size; past ~5k training traces the

@@ -13,7 +13,9 @@ mostly sees the inputs the model was unsure of:
 - ``explore``: a deferred request drawn at the same rate;
 - ``deferred``: any other request a served model deferred: its hard cases, a biased
   sample, so it trains but never calibrates or tests;
-- ``import``: from existing logs (`tracer traces import`): the traffic as it was.
+- ``import``: from existing logs (`tracer traces import`): the traffic as it was;
+- ``narrowed``: a tool task's call with the tool forced by the proxy: its arguments
+  teach the argument extractor, never the choice of tool.
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO, cast
 
-Source = Literal["teacher", "audit", "explore", "deferred", "import"]
-SOURCES: tuple[Source, ...] = ("teacher", "audit", "explore", "deferred", "import")
+Source = Literal["teacher", "audit", "explore", "deferred", "import", "narrowed"]
+SOURCES: tuple[Source, ...] = ("teacher", "audit", "explore", "deferred", "import", "narrowed")
 TRAIN_ONLY: Source = "deferred"  # chosen by a model's confidence: train on it, never calibrate
+# A tool call the proxy narrowed (the tool was forced): its arguments may teach the
+# argument extractor, but it says nothing of which tool the teacher would have chosen.
+ARGUMENTS_ONLY: Source = "narrowed"
 
 
 class TraceFormatError(ValueError):
@@ -45,7 +50,7 @@ class Trace:
     @property
     def representative(self) -> bool:
         """Sampled from the traffic independently of any model's decision."""
-        return self.source != TRAIN_ONLY
+        return self.source not in (TRAIN_ONLY, ARGUMENTS_ONLY)
 
     def to_json(self, **extra: Any) -> str:
         """One JSONL line: input and label, then source and raw_output when they say

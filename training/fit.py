@@ -44,7 +44,7 @@ from router.manifest import (
     sha256_file,
 )
 from router.settings import FitOptions
-from training import gate, selection, stages
+from training import gate, selection, stages, tools
 from training.bound import batch_target
 from training.progress import Progress
 from training.report import build_report, write_report
@@ -198,7 +198,10 @@ def _run(
     # What is certified: alpha itself, or a stricter rate that keeps a batch of
     # `horizon` handled inputs at alpha (training/bound.py).
     alpha, delta = batch_target(opts.target, opts.delta, opts.horizon)
+    if opts.kind == "tools":  # names and whole calls are certified apart, each at delta / 2
+        delta /= 2
     manifest["certified"] = {"alpha": alpha, "delta": delta, "horizon": opts.horizon}
+    manifest["delta_spent"] = 0.0  # until the calibration split is tested
     cleaned = stages.load_and_clean(traces_in, opts, manifest, progress)
     manifest["answers"] = cleaned.answers
     splits = stages.make_splits(cleaned, opts, manifest, progress)
@@ -211,6 +214,16 @@ def _run(
         )
     feats = stages.embed_splits(splits, opts, manifest, progress)
     chosen = selection.select(feats, opts, alpha, delta, progress)
+    if not any(r["coverage"] > 0 for r in chosen.rows):
+        # Nothing certifies even on validation: testing calibration would spend this
+        # fit's share of delta on a refusal that validation (independent of it) foretells.
+        raise Refusal(
+            "nothing_to_certify",
+            f"no candidate certifies any coverage at alpha={opts.target} on the validation "
+            f"split ({len(feats.y_val)} traces): more traces are needed; the calibration "
+            "split was not tested, so this fit spent none of delta",
+        )
+    manifest["delta_spent"] = round(opts.delta, 12)
     selection.export(chosen, feats, opts, tmp, manifest, progress)
     pipe = selection.check_parity(chosen, feats, splits, tmp, manifest, progress)
     cal = gate.calibrate_threshold(
@@ -221,4 +234,9 @@ def _run(
     assert cal.threshold is not None
     manifest["threshold"] = cal.threshold
     gate.report_test(pipe, splits, cleaned.answers, cal.threshold, opts, manifest, progress)
+    if opts.kind == "tools":
+        tools.fit_tools(
+            splits, cleaned.arguments_only, pipe, cal.threshold, alpha, delta, opts, tmp,
+            manifest, progress,
+        )  # fmt: skip
     gate.heldout_clusters(feats, splits, tmp, opts, manifest, progress)

@@ -16,7 +16,7 @@ import numpy as np
 
 from router.settings import FitOptions
 from router.text import normalize_text
-from router.traces import Trace, read_traces
+from router.traces import ARGUMENTS_ONLY, Trace, read_traces
 from training.answers import canonical_answers
 from training.embedders import Embedder, EncoderEmbedder, TfidfEmbedder, embed, parse_embedder_spec
 from training.progress import Progress
@@ -57,13 +57,15 @@ def as_traces(traces: TraceInput) -> list[Trace]:
 class Cleaned:
     traces: list[Trace]  # one per distinct input, labels normalised
     answers: dict[str, str]  # label -> the teacher's most frequent raw answer
+    arguments_only: list[Trace]  # narrowed tool calls: they teach arguments, not names
 
 
 def load_and_clean(
     traces_in: TraceInput, opts: FitOptions, manifest: dict[str, Any], progress: Progress
 ) -> Cleaned:
     with progress.stage("load and clean traces"):
-        raw = as_traces(traces_in)
+        everything = as_traces(traces_in)
+        raw = [t for t in everything if t.source != ARGUMENTS_ONLY]
         traces, stats = clean_traces(raw, opts.labels)
         manifest["data"] = stats.as_dict()
         progress.log(
@@ -78,9 +80,12 @@ def load_and_clean(
             f"{len(traces)} usable traces with {len(labels)} labels; need at least "
             f"{opts.min_traces} traces and 2 labels",
         )
+    narrowed = [t for t in everything if t.source == ARGUMENTS_ONLY]
+    if opts.kind == "tools":  # a tool task's answers are calls, rendered by the router
+        return Cleaned(traces, {label: label for label in labels}, narrowed)
     kept = set(labels)
     answers = canonical_answers([t for t in raw if t.label.strip() in kept])
-    return Cleaned(traces, {label: answers.get(label, label) for label in labels})
+    return Cleaned(traces, {label: answers.get(label, label) for label in labels}, narrowed)
 
 
 @dataclass

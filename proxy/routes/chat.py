@@ -8,21 +8,28 @@ maybe an audit in the background, `audit`) or ask the teacher and keep its answe
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import replace
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from router.tools import MESSAGE, call_json, parse_arguments
+
 from .. import store
 from ..config import TaskConfig
+from ..errors import UpstreamError
 from ..exchange import Exchange
 from ..http import ClientError, read_json_object
-from ..local import answer_text, completion
+from ..local import answer_text, completion, tool_call
 from ..routing import Route
 from ..state import ProxyState
 from ..tasks import task_input
 from ..teacher import TeacherAnswer
+from ..tool_calls import narrowed_body, offered_tool
+from ..upstream import cost_of
 from ..validate import validate_chat
 
 log = logging.getLogger("tracer.proxy")
@@ -69,8 +76,15 @@ async def answer_task(
 ) -> Response:
     exchange = Exchange(state.metrics, task)
     route = await state.decider.decide(task, body, text)
+    if task.kind == "tools" and body.get("tools"):
+        state.remember_tools(task.name, body["tools"])
     if route.handled:
         return answer_locally(state, exchange, task, route, body, text)
+    if route.narrowed:
+        narrowed = await narrow(state, exchange, task, route, body, text)
+        if narrowed is not None:
+            return narrowed
+        route = replace(route, reason=f"{route.reason}; the narrowed call failed", lane="teacher")
     return await ask_teacher(state, exchange, task, route, body, text)
 
 
@@ -83,9 +97,61 @@ def answer_locally(
     text: str,
 ) -> Response:
     assert route.live is not None and route.label is not None
+    if route.tool is not None and route.tool.name != MESSAGE:
+        arguments = route.tool.arguments or {}
+        record_handled(state, exchange, task, route, body, text, local_call_key(route))
+        return tool_call(route.tool.name, arguments, body["model"], route, body)
     content = answer_text(task, route.live, route.label)
-    record_handled(state, exchange, task, route, body, text, content)
+    key = local_call_key(route) if task.kind == "tools" else content
+    record_handled(state, exchange, task, route, body, text, key)
     return completion(content, body["model"], route, body)
+
+
+def local_call_key(route: Route) -> str:
+    """A local tool answer as `teacher.answer_key` writes the teacher's, to compare them."""
+    assert route.tool is not None
+    if route.tool.name == MESSAGE:
+        assert route.live is not None and route.live.router.tools is not None
+        return call_json(None, route.live.router.tools.message_text)
+    call = {"function": {"name": route.tool.name,
+                         "arguments": json.dumps(route.tool.arguments or {})}}  # fmt: skip
+    return call_json([call], None)
+
+
+async def narrow(
+    state: ProxyState,
+    exchange: Exchange,
+    task: TaskConfig,
+    route: Route,
+    body: dict[str, Any],
+    text: str,
+) -> Response | None:
+    """Ask for the arguments of the certain tool only; None when that did not work."""
+    assert route.tool is not None
+    tool = offered_tool(body, route.tool.name)
+    entry = state.upstream.entry(task.narrow_to or task.teacher)
+    if tool is None or entry is None:
+        return None
+    try:
+        answer = await state.teacher.ask(entry, narrowed_body(body, tool), task.name)
+    except UpstreamError:
+        return None
+    calls = answer.answer.tool_calls or []
+    if len(calls) != 1 or calls[0]["function"]["name"] != route.tool.name:
+        return None  # it did not call the tool it was given: the teacher decides
+    state.teacher.store_trace(task, text, answer, "narrowed", entry)
+    said = answer.answer
+    state.ledger.narrowed(
+        task.name, said.prompt_tokens,
+        cost_of(entry.litellm_params.model, said.prompt_tokens, said.completion_tokens),
+    )  # fmt: skip
+    state.teacher.record(exchange, task, text, route, route.tool.name)
+    exchange.finish("deferred")
+    if body.get("stream"):
+        arguments = parse_arguments(calls[0]["function"]["arguments"]) or {}
+        return tool_call(route.tool.name, arguments, body["model"], route, body)
+    assert answer.body is not None
+    return Response(answer.body, media_type="application/json", headers=route.headers())
 
 
 def record_handled(
@@ -96,10 +162,15 @@ def record_handled(
     body: dict[str, Any],
     text: str,
     content: str,
+    by_label: bool = False,
 ) -> None:
-    """A handled request: maybe an audit, the savings, the decision and the metrics."""
+    """A handled request: maybe an audit, the savings, the decision and the metrics.
+
+    `content` is the answer given (as `teacher.answer_key` writes answers); with
+    `by_label` it is a label, and an audit compares labels.
+    """
     audited = state.sampling.draw(task, route.version) and state.auditor.start(
-        task, route, body, text, content
+        task, route, body, text, content, by_label
     )
     if not audited:
         state.ledger.avoided(task.name)  # an audited request did not avoid its teacher call

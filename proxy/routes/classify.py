@@ -16,6 +16,7 @@ from ..errors import UpstreamError
 from ..exchange import Exchange
 from ..http import ClientError, read_json_object
 from ..local import answer_text
+from ..routing import SURROGATE, Route
 from ..state import ProxyState
 from .chat import record_handled
 
@@ -37,13 +38,27 @@ async def classify(request: Request) -> Response:
     messages = [{"role": "system", "content": prompt}] if prompt else []
     messages.append({"role": "user", "content": text})
     chat: dict[str, Any] = {"model": task.match.model or task.name, "messages": messages}
+    if task.kind == "tools":
+        tools = body.get("tools", state.tools_seen.get(task.name))
+        if not isinstance(tools, list) or not tools:
+            raise ClientError(
+                400, f"task `{name}` is a tool task: give `tools` (the teacher chooses among "
+                "them), or send a chat request with them first", param="tools",
+            )  # fmt: skip
+        chat["tools"] = tools
     exchange = Exchange(state.metrics, task)
     route = await state.decider.decide(task, chat, text)
+    if task.kind == "tools" and route.prediction is not None and route.prediction.handled:
+        # The name is what this route answers, and the gate certified it.
+        prediction = route.prediction
+        route = Route("handled", prediction.reason, SURROGATE, route.live, prediction)
     if route.handled:
         assert route.live is not None and route.label is not None
-        record_handled(
-            state, exchange, task, route, chat, text, answer_text(task, route.live, route.label)
-        )
+        if task.kind == "tools":
+            record_handled(state, exchange, task, route, chat, text, route.label, by_label=True)
+        else:
+            content = answer_text(task, route.live, route.label)
+            record_handled(state, exchange, task, route, chat, text, content)
         model = f"{task.name}@{route.version}"
         label: str | None = route.label
     else:

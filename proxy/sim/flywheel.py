@@ -28,12 +28,12 @@ from ..config import Config, parse_config
 if TYPE_CHECKING:
     from ..state import ProxyState
 from ..refit import RefitOutcome
+from .clients import TASK, Outcome, Row, send_all
 
-TASK = "intents"  # the task's name and the model alias clients ask for
 TEACHER_MODEL = "openai/gpt-4o-mini"  # priced by LiteLLM's map; served by the simulated teacher
 HANDLED, TEACHER_SIDE = "handled", ("teacher", "deferred")
 
-Row = tuple[str, str]
+__all__ = ["TASK", "Outcome", "Row", "send_all"]
 
 
 class DemoError(Exception):
@@ -58,15 +58,6 @@ class Settings:
     step: int = 100
     port: int = 0
     timeout_s: float = 60.0
-
-
-@dataclass
-class Outcome:
-    decision: str  # handled | deferred | teacher | error
-    seconds: float
-    agrees: bool
-    version: str | None = None
-    error: str | None = None
 
 
 @dataclass
@@ -385,52 +376,3 @@ class Flywheel:
         return (
             refusal.reason if "(" in refusal.reason or not extra else f"{refusal.reason} ({extra})"
         )
-
-
-def describe(exc: BaseException) -> str:
-    """The error and what caused it: the openai client's "Connection error." alone says
-    nothing about whether the proxy, the network or a closed socket failed."""
-    text = f"{type(exc).__name__}: {exc}"
-    cause = exc.__cause__ or exc.__context__
-    if cause is not None:
-        text += f" (caused by {type(cause).__name__}: {cause})"
-    return text
-
-
-async def send_all(url: str, rows: Sequence[Row], s: Settings) -> list[Outcome]:
-    """Each row through the proxy with the official openai client, ``concurrency`` at a time."""
-    import openai
-
-    client = openai.AsyncOpenAI(base_url=url, api_key="demo", max_retries=0, timeout=s.timeout_s)
-    outcomes: list[Outcome | None] = [None] * len(rows)
-    next_index = 0
-
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < len(rows):
-            i = next_index
-            next_index += 1
-            text, label = rows[i]
-            started = time.perf_counter()
-            try:
-                raw = await client.chat.completions.with_raw_response.create(
-                    model=TASK, messages=[{"role": "user", "content": text}]
-                )
-                reply = raw.parse()
-                seconds = time.perf_counter() - started
-                content = reply.choices[0].message.content
-                outcomes[i] = Outcome(
-                    raw.headers.get("x-tracer-decision", "?"),
-                    seconds,
-                    content == label,  # exact: the promise is the teacher's answer, byte for byte
-                    raw.headers.get("x-tracer-model-version"),
-                )
-            except Exception as exc:  # counted and reported, never silently dropped
-                seconds = time.perf_counter() - started
-                outcomes[i] = Outcome("error", seconds, False, error=describe(exc))
-
-    try:
-        await asyncio.gather(*(worker() for _ in range(max(1, s.concurrency))))
-    finally:
-        await client.close()
-    return [o for o in outcomes if o is not None]

@@ -164,3 +164,71 @@ def random_labels(n: int = 480, seed: int = 0) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     labels = list(TOPICS)
     return [(text, rng.choice(labels)) for text, _ in separable(n // len(labels) + 1, seed)][:n]
+
+
+# -- an agent's tool steps -------------------------------------------------------------------
+CITIES = [
+    "Paris", "New York", "Tokyo", "Rio de Janeiro", "Cape Town", "Oslo", "São Paulo", "Lima",
+    "Berlin", "Nairobi", "Seoul", "Mexico City", "Hanoi", "Lisbon", "Denver", "Perth",
+    "Kyiv", "Dublin", "Manila", "Quebec City",
+]  # fmt: skip
+SONGS = [
+    "Yesterday", "Blue Monday", "Hey Jude", "Clair de Lune", "Heroes", "Africa", "Hurt",
+    "Jolene", "Wonderwall", "Imagine", "Respect", "Vogue", "Creep", "Halo", "Dreams",
+]  # fmt: skip
+ARTISTS = [
+    "The Beatles", "New Order", "Debussy", "David Bowie", "Toto", "Nina Simone", "Adele",
+    "Johnny Cash", "Dolly Parton", "Oasis", "Madonna", "Radiohead", "Beyonce", "Queen", "Blur",
+]  # fmt: skip
+TIMES = ["6 am", "7:30", "noon", "half past eight", "10 pm", "5:45", "9 am", "midnight",
+         "quarter to seven", "8:15", "11 am", "6:30 pm"]  # fmt: skip
+GREETINGS = ["hello there", "hi, how are you", "good morning", "thanks a lot", "who are you"]
+REPLY = "I can tell you the weather, play music and set alarms."
+
+TOOL_SCHEMAS: list[dict[str, object]] = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+     "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                    "required": ["city"]}}},
+    {"type": "function", "function": {"name": "play_music", "description": "Play a song",
+     "parameters": {"type": "object", "properties": {"track": {"type": "string"},
+                                                     "artist": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "set_alarm", "description": "Set an alarm",
+     "parameters": {"type": "object", "properties": {"time": {"type": "string"}},
+                    "required": ["time"]}}},
+]  # fmt: skip
+
+
+def _weather(rng: random.Random) -> tuple[str, str, dict[str, object]]:
+    city = rng.choice(CITIES)
+    form = rng.choice(["what's the weather in {}", "will it rain in {}", "forecast for {}"])
+    return form.format(city) + rng.choice(["", "?", " today"]), "get_weather", {"city": city}
+
+
+def _music(rng: random.Random) -> tuple[str, str, dict[str, object]]:
+    song, artist = rng.choice(SONGS), rng.choice(ARTISTS)
+    form = rng.choice(["play {} by {}", "put on {} by {}"])
+    return form.format(song, artist), "play_music", {"track": song, "artist": artist}
+
+
+def _alarm(rng: random.Random) -> tuple[str, str, dict[str, object]]:
+    time = rng.choice(TIMES)
+    form = rng.choice(["wake me up at {}", "set an alarm for {}", "alarm at {}"])
+    return form.format(time) + rng.choice(["", " please", " tomorrow"]), "set_alarm", {"time": time}
+
+
+def make_tool_steps(n: int = 1200, seed: int = 0) -> dict[str, dict[str, object]]:
+    """`n` distinct user texts and what a teacher does for each: one tool call with its
+    arguments copied from the text, or (a tenth: small talk) one fixed reply."""
+    rng = random.Random(seed)
+    out: dict[str, dict[str, object]] = {}
+    attempts = 0
+    while len(out) < n and attempts < n * 50:
+        attempts += 1
+        if rng.random() < 0.1:
+            text = f"{rng.choice(GREETINGS)}{rng.choice(['', '!', ' friend'])} {rng.randint(0, 99)}"
+            out.setdefault(text, {"content": REPLY})
+            continue
+        text, name, args = rng.choice([_weather, _music, _alarm])(rng)
+        text = rng.choice(["", "hey, ", "please ", "could you "]) + text
+        out.setdefault(text, {"tool_calls": [{"name": name, "arguments": args}]})
+    return out

@@ -9,16 +9,13 @@ deterministic given ``seed``, and mutable at runtime via ``configure`` or ``POST
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import hashlib
 import json
 import math
 import random
-import signal
 import struct
-import sys
 import threading
 import time
 import uuid
@@ -34,6 +31,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .threaded import serve_in_thread
+from .tools import tool_response
 
 EMBED_DIM = 16
 _UVICORN_OPTS: dict[str, Any] = {
@@ -43,7 +41,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: 
 _CONFIG_KEYS = frozenset((
     "labels", "latency_s", "jitter_s", "error_rate", "error_status", "noise", "output_format",
     "json_field", "stream_chunk_chars", "chunk_delay_s", "require_key", "models", "fault",
-    "spellings",
+    "spellings", "tool_answers",
 ))  # fmt: skip
 # Broken answers a real upstream or a proxy in front of it can send with a 200.
 FAULTS = ("non_json", "truncated", "no_choices", "stream_cut", "stream_no_done", "error_event")
@@ -74,7 +72,9 @@ RATE_LIMIT_HEADERS = {"retry-after": "7", "x-ratelimit-remaining-requests": "0"}
 
 
 def _new_counts() -> dict[str, Any]:
-    return {"requests": 0, "by_path": {}, "errors_injected": 0, "auth_headers": []}
+    # chat_requests: the model, tool names and tool_choice of the last 200 chat requests
+    return {"requests": 0, "by_path": {}, "errors_injected": 0, "auth_headers": [],
+            "chat_requests": []}  # fmt: skip
 
 
 def _stable_hash(text: str) -> int:
@@ -127,6 +127,7 @@ class SimulatedTeacher:
         models: Sequence[str] = ("sim-teacher",),
         fault: str | None = None,
         spellings: Mapping[str, Sequence[str]] | None = None,
+        tool_answers: Mapping[str, Any] | None = None,
     ) -> None:
         self.answers: dict[str, str] = {k.strip(): v for k, v in answers.items()}
         self.relabel: dict[str, str] = {}
@@ -140,6 +141,7 @@ class SimulatedTeacher:
         # How the teacher writes a label: {label: [raw answer, ...]}, one picked by a hash
         # of the input (so an input is always answered alike); default: the label itself.
         self.spellings = {k: list(v) for k, v in (spellings or {}).items()}
+        self.tool_answers = dict(tool_answers or {})  # user text -> calls or a reply
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # configure() runs on the caller's thread, not the loop's
         self._counts = _new_counts()
@@ -259,6 +261,12 @@ class SimulatedTeacher:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _Reject(400, "'messages' must be a non-empty list.", "invalid_messages")
+        offered = body.get("tools")
+        tools = offered if isinstance(offered, list) else []
+        names = [t.get("function", {}).get("name") for t in tools if isinstance(t, dict)]
+        seen = {"model": body.get("model"), "tool_choice": body.get("tool_choice"), "tools": names}
+        with self._lock:
+            self._counts["chat_requests"] = [*self._counts["chat_requests"][-199:], seen]
         users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
         text = _text_of(users[-1].get("content")).strip() if users else ""
         n = body.get("n") or 1
@@ -277,6 +285,8 @@ class SimulatedTeacher:
             "model": model,
             "system_fingerprint": "fp_sim_teacher",
         }
+        if body.get("tools"):
+            return await tool_response(self.tool_answers, body, text, head, usage, self._delay)
         if body.get("stream"):
             options = body.get("stream_options")
             include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -368,38 +378,3 @@ def run_sim_teacher(
         teacher, host, port, name="sim-teacher", timeout_s=timeout_s, **_UVICORN_OPTS
     ) as url:
         yield f"{url}/v1"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Serve a traces file as a teacher until SIGINT/SIGTERM; print the base URL when ready."""
-    p = argparse.ArgumentParser(prog="python -m proxy.sim.teacher", description=main.__doc__)
-    p.add_argument("--traces", required=True, help="JSONL, one {input, label} per line")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=0)
-    p.add_argument("--latency-ms", type=float, default=0.0)
-    p.add_argument("--error-rate", type=float, default=0.0)
-    p.add_argument("--noise", type=float, default=0.0)
-    p.add_argument("--format", dest="output_format", choices=("text", "json"), default="text")
-    p.add_argument("--json-field", default="label")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    with open(args.traces, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    answers = {str(r["input"]).strip(): str(r["label"]) for r in rows}
-    passed = {k: getattr(args, k) for k in ("error_rate", "noise", "output_format", "json_field")}
-    labels = sorted(set(answers.values()))
-    teacher = SimulatedTeacher(
-        answers, labels=labels, latency_s=args.latency_ms / 1000, seed=args.seed, **passed
-    )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    with run_sim_teacher(teacher, host=args.host, port=args.port) as url:
-        print(url, flush=True)
-        while not stop.wait(0.2):
-            pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -214,10 +214,13 @@ async def sampled_traces_after(
 
 
 async def refit_attempts(engine: AsyncEngine, task: str) -> int:
-    """How many fits of a task have run: the index that spends its share of delta."""
+    """How many fits of a task tested a calibration split, spending a share of delta: the
+    index of the next one's share. (A fit refused before that spent nothing.)"""
+    query = select(func.count()).where(
+        RefitRow.task == task, or_(RefitRow.delta.is_(None), RefitRow.delta > 0)
+    )
     async with engine.connect() as conn:
-        value = (await conn.execute(select(func.count()).where(RefitRow.task == task))).scalar_one()
-    return int(value)
+        return int((await conn.execute(query)).scalar_one())
 
 
 async def pending_candidates(engine: AsyncEngine, task: str) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,8 +18,21 @@ from tests.support import ANSWERS, CLIENT_KEY, LABELS, UPSTREAM_KEY, proxy_confi
 QUESTION = [{"role": "user", "content": "where is my new card"}]
 
 
+_CLIENTS: list[openai.OpenAI] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every client a test made is closed after it, so no pooled socket outlives it."""
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
+
+
 def client(base_url: str, key: str = "unused") -> openai.OpenAI:
-    return openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=10)
+    made = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=10)
+    _CLIENTS.append(made)
+    return made
 
 
 def stream_text(stream: openai.Stream) -> tuple[str, str | None]:
@@ -238,9 +252,9 @@ def test_upstream_failures_map_to_gateway_errors_and_the_proxy_keeps_serving(tea
             assert 'tracer_upstream_errors_total{kind="timeout"} 2.0' in metrics
     # The upstream is gone now: a proxy pointing at it says 502, and still answers health.
     config = proxy_config(flaky_url, tmp_path / "t2.db")
-    with running_proxy(config) as url:
+    with running_proxy(config) as url, client(url) as c:
         with pytest.raises(openai.APIStatusError) as down:
-            client(url).chat.completions.create(model="teacher-model", messages=QUESTION)
+            c.chat.completions.create(model="teacher-model", messages=QUESTION)
         assert down.value.status_code == 502
         assert "unreachable" in down.value.message
         assert httpx.get(url.removesuffix("/v1") + "/healthz").status_code == 200

@@ -277,3 +277,30 @@ async def test_a_users_modules_in_the_working_directory_cannot_replace_ours(
         live = state.models.get("intents")
         assert live is not None and live.version == "v0001"
     assert not marker.exists()
+
+
+async def test_a_fit_refused_before_the_gate_spends_no_delta(tmp_path: Path):
+    """Validation foretells a refusal: calibration is not tested, and the next fit keeps
+    the first (largest) share of delta."""
+    import math
+
+    state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    task = state.config.tasks[0]
+    await state.start(refit=False)
+    try:
+        rng = random.Random(0)
+        labels = sorted({y for _, y in make_intents(50)})
+        await add_traces(
+            state, [(f"noise {i} {rng.random()}", rng.choice(labels)) for i in range(300)]
+        )
+        refused = await state.refits.refit(task)
+        assert refused.outcome == "refused" and "spent none of delta" in (refused.reason or "")
+        await add_traces(state, make_intents(900, seed=1))
+        passed = await state.refits.refit(task)
+        assert passed.outcome == "deployed", passed
+        first, second = reversed(await store.refit_history(state.engine, "intents"))
+        assert first["delta"] == 0 and first["attempt"] == 1
+        assert second["attempt"] == 1
+        assert second["delta"] == pytest.approx((1 - task.confidence) * 6 / math.pi**2)
+    finally:
+        await state.stop()

@@ -270,11 +270,20 @@ def test_runs_repeatedly_and_leaves_no_thread() -> None:
         httpx.get(f"{urls[-1]}/models", timeout=2)
 
 
-def test_cli_serves_a_traces_file(tmp_path: Path) -> None:
+def test_tracer_sim_teacher_serves_a_traces_file(tmp_path: Path) -> None:
     traces = tmp_path / "traces.jsonl"
     rows = [{"input": k, "label": v} for k, v in ANSWERS.items()]
     traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cmd = [sys.executable, "-m", "proxy.sim.teacher", "--traces", str(traces), "--format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "proxy.cli",
+        "sim-teacher",
+        "--data",
+        str(traces),
+        "--format",
+        "json",
+    ]
     with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None

@@ -1,0 +1,93 @@
+"""A tool task's fit: names certified, and whole calls certified on whole-call agreement."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from proxy.sim.synthetic import REPLY, make_tool_steps
+from router import Router
+from router.settings import FitOptions
+from router.tools import MESSAGE, call_json, tool_label
+from router.traces import Trace
+from training.fit import FitResult, fit
+
+
+def traces(steps: dict[str, dict[str, object]]) -> list[Trace]:
+    out = []
+    for text, answer in steps.items():
+        calls = [
+            {"function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+            for c in answer.get("tool_calls") or []  # type: ignore[attr-defined]
+        ]
+        content = answer.get("content")
+        label = tool_label(calls, content)  # type: ignore[arg-type]
+        assert label is not None
+        out.append(Trace(text, label, raw_output=call_json(calls, content)))  # type: ignore[arg-type]
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[FitResult, dict[str, dict[str, object]]]:
+    steps = make_tool_steps(1500, seed=4)
+    options = FitOptions(kind="tools", target=0.9, confidence=0.9, min_coverage=0.05, quiet=True)
+    out = tmp_path_factory.mktemp("tools") / "model"
+    return fit(traces(steps), out, options), make_tool_steps(1800, seed=5)
+
+
+def test_whole_calls_are_certified_and_reproduced(fitted):
+    result, unseen = fitted
+    assert result.deployed, result.manifest.get("refusal")
+    section = result.manifest["tools"]
+    assert section["whole_threshold"] is not None
+    assert section["message"]["answerable"] and section["message"]["text"] == REPLY
+    assert section["test"]["whole_coverage"] > 0.3
+    assert section["test"]["whole_agreement"] >= 0.9
+    router = Router.load(result.out_dir)
+    assert router.tools is not None
+    whole = right = 0
+    for text, answer in list(unseen.items())[1500:]:
+        decision = router.predict(text)
+        if not decision.handled:
+            continue
+        plan = router.tools.plan(decision.label, decision.accept_score, text)
+        if plan.kind != "whole":
+            continue
+        whole += 1
+        if plan.name == MESSAGE:
+            right += "content" in answer
+        else:
+            expected = answer.get("tool_calls") or [{}]  # type: ignore[attr-defined]
+            right += (plan.name, plan.arguments) == (
+                expected[0].get("name"),
+                expected[0].get("arguments"),
+            )
+    assert whole >= 60
+    assert right / whole >= 0.9
+
+
+def test_a_name_that_is_sure_but_arguments_that_are_not_is_narrowed(fitted):
+    result, _ = fitted
+    router = Router.load(result.out_dir)
+    assert router.tools is not None
+    plan = router.tools.plan("get_weather", 1.0, "what's the weather in Atlantis-under-the-sea")
+    assert plan.name == "get_weather" and plan.kind in ("narrow", "whole")
+    plan = router.tools.plan("get_weather+set_alarm", 1.0, "weather and an alarm")
+    assert plan.kind == "defer"
+
+
+def test_narrowed_traces_teach_arguments_never_names(tmp_path: Path):
+    steps = make_tool_steps(900, seed=6)
+    base = traces(steps)
+    # Narrowed calls with a label that would poison the name classifier if it learned it.
+    narrowed = [
+        Trace(t.input + " again", "set_alarm", "narrowed", t.raw_output) for t in base[:300]
+    ]
+    options = FitOptions(kind="tools", target=0.9, confidence=0.9, min_coverage=0.05, quiet=True)
+    result = fit(base + narrowed, tmp_path / "m", options)
+    assert result.deployed, result.manifest.get("refusal")
+    assert result.manifest["data"]["n_read"] == len(base)

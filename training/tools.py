@@ -1,0 +1,178 @@
+"""The tool-task stage of a fit: whole calls certified on whole-call agreement.
+
+The name classifier is the ordinary surrogate, certified on name agreement with half
+of the fit's delta. This stage learns how each tool's arguments are made
+(`training.tool_args`) and certifies, with the other half, a second threshold on the
+whole-call score (the accept score times the extractor's confidence): among the
+inputs whose name is handled, those above it are answered with the whole call, and
+their calls (name and arguments, as parsed JSON) agree with the teacher's at alpha.
+By a union bound both promises hold together with probability 1 - delta.
+
+A `message` (a reply that calls no tool) is answered locally only when the teacher's
+text for it is constant: one canonical text in at least `CONSTANT_SHARE` of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.pipeline import Pipeline
+from router.settings import FitOptions
+from router.tools import MESSAGE, ToolCaller, user_text
+from router.traces import Trace
+from training.bound import calibrate, start_count_for
+from training.progress import Progress
+from training.stages import Splits
+from training.tool_args import ToolExample, fit_arguments
+
+CONSTANT_SHARE = 0.99
+PLAN_FILE, MODEL_FILE = "tool_args.json", "tool_args.onnx"
+
+
+def answer_of(trace: Trace) -> dict[str, Any]:
+    """A tool task's raw output: {"tool_calls": [{"name", "arguments"}]} or {"content"}."""
+    try:
+        value = json.loads(trace.raw_output or "")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def single_call(trace: Trace) -> tuple[str, dict[str, Any]] | None:
+    calls = answer_of(trace).get("tool_calls") or []
+    if len(calls) != 1 or not isinstance(calls[0].get("arguments"), dict):
+        return None
+    return str(calls[0]["name"]), calls[0]["arguments"]
+
+
+def examples(traces: list[Trace]) -> list[ToolExample]:
+    out = []
+    for t in traces:
+        call = single_call(t)
+        if call is not None:
+            out.append(ToolExample(user_text(t.input), call[0], call[1]))
+    return out
+
+
+def message_section(traces: list[Trace]) -> dict[str, Any]:
+    texts = [answer_of(t).get("content") for t in traces if t.label == MESSAGE]
+    texts = [x for x in texts if isinstance(x, str)]
+    if not texts:
+        return {"text": None, "answerable": False, "n": 0}
+    text, count = Counter(texts).most_common(1)[0]
+    return {"text": text, "answerable": count >= CONSTANT_SHARE * len(texts), "n": len(texts)}
+
+
+def whole_correct(trace: Trace, name: str, arguments: dict[str, Any] | None) -> bool:
+    """Would the whole call answered locally be the teacher's call?"""
+    if name == MESSAGE:
+        return trace.label == MESSAGE
+    call = single_call(trace)
+    return call is not None and call == (name, arguments)
+
+
+def fit_tools(
+    splits: Splits,
+    extra: list[Trace],
+    pipe: Pipeline,
+    name_threshold: float,
+    alpha: float,
+    delta: float,
+    opts: FitOptions,
+    tmp: Path,
+    manifest: dict[str, Any],
+    progress: Progress,
+) -> None:
+    """Learn the arguments, certify the whole-call threshold, report both on test."""
+    with progress.stage("tool arguments"):
+        learn = splits.traces_of("fit") + splits.traces_of("validation") + extra
+        plan, model = fit_arguments(examples(learn), seed=opts.seed)
+        (tmp / PLAN_FILE).write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
+        (tmp / MODEL_FILE).write_bytes(model.SerializeToString())
+        message = message_section(learn)
+        section: dict[str, Any] = {"plan": PLAN_FILE, "file": MODEL_FILE, "message": message}
+        caller = ToolCaller(tmp, section)
+    with progress.stage("certify whole calls (calibration)"):
+        scores, correct = _whole(caller, pipe, splits.traces_of("calibration"), name_threshold)
+        start = start_count_for(len(scores), opts.min_coverage)
+        cal = calibrate(scores, correct, alpha, delta, start_count=start)
+        section["whole_threshold"] = cal.threshold
+        section["whole_calibration"] = cal.as_dict()
+        progress.log(f"whole calls: threshold {cal.threshold}, coverage {cal.coverage:.3f}")
+    caller.whole_threshold = cal.threshold
+    section["test"] = _test(caller, pipe, splits.traces_of("test"), name_threshold)
+    manifest["tools"] = section
+
+
+def _plans(
+    caller: ToolCaller, pipe: Pipeline, traces: list[Trace], name_threshold: float
+) -> list[Any]:
+    """For each trace: (name handled, plan or None), scored exactly as served."""
+    if not traces:
+        return []
+    s = pipe.score([t.input for t in traces])
+    out = []
+    for i, t in enumerate(traces):
+        handled = not bool(s.ood[i]) and float(s.accept_score[i]) >= name_threshold
+        label = pipe.labels[int(s.label_index[i])]
+        plan = caller.plan(label, float(s.accept_score[i]), t.input) if handled else None
+        out.append((handled, label, plan))
+    return out
+
+
+def _whole(
+    caller: ToolCaller, pipe: Pipeline, traces: list[Trace], name_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Whole-call scores (-inf where no whole call is possible) and their correctness."""
+    saved, caller.whole_threshold = caller.whole_threshold, -np.inf  # every score, for now
+    scores, correct = [], []
+    for t, (handled, label, plan) in zip(
+        traces, _plans(caller, pipe, traces, name_threshold), strict=True
+    ):
+        possible = handled and plan is not None and plan.kind == "whole"
+        scores.append(plan.score if possible else -np.inf)
+        correct.append(possible and whole_correct(t, label, plan.arguments))
+    caller.whole_threshold = saved
+    return np.array(scores, dtype=np.float64), np.array(correct, dtype=bool)
+
+
+def _test(
+    caller: ToolCaller, pipe: Pipeline, traces: list[Trace], name_threshold: float
+) -> dict[str, Any]:
+    """Held-out figures: whole calls and narrowed names, overall and by tool."""
+    rows = _plans(caller, pipe, traces, name_threshold)
+    n = len(rows)
+    whole = [
+        (t, lab, p)
+        for t, (h, lab, p) in zip(traces, rows, strict=True)
+        if p is not None and p.kind == "whole"
+    ]
+    narrow = [
+        (t, lab)
+        for t, (h, lab, p) in zip(traces, rows, strict=True)
+        if p is not None and p.kind == "narrow"
+    ]
+    by_tool: dict[str, dict[str, int]] = {}
+    for t in traces:
+        by_tool.setdefault(t.label, {"n": 0, "whole": 0, "whole_agree": 0, "narrowed": 0})["n"] += 1
+    for t, lab, p in whole:
+        by_tool[t.label]["whole"] += 1
+        by_tool[t.label]["whole_agree"] += whole_correct(t, lab, p.arguments)
+    for t, _ in narrow:
+        by_tool[t.label]["narrowed"] += 1
+    agree = sum(whole_correct(t, lab, p.arguments) for t, lab, p in whole)
+    return {
+        "n": n,
+        "whole_coverage": len(whole) / n if n else 0.0,
+        "whole_agreement": agree / len(whole) if whole else None,
+        "narrowed_coverage": len(narrow) / n if n else 0.0,
+        "narrowed_name_agreement": (
+            sum(t.label == lab for t, lab in narrow) / len(narrow) if narrow else None
+        ),
+        "by_tool": by_tool,
+    }
