@@ -12,9 +12,18 @@ from starlette.routing import Route
 from .config import Config
 from .http import EXCEPTION_HANDLERS, Guard
 from .metrics import Metrics
-from .routes.admin import embeddings, get_model, healthz, list_models, metrics_endpoint, task_report
+from .routes.admin import (
+    embeddings,
+    get_model,
+    healthz,
+    list_models,
+    metrics_endpoint,
+    readyz,
+    task_report,
+)
 from .routes.chat import chat_completions
 from .routes.classify import classify
+from .routes.dashboard import routes as dashboard_routes
 from .state import ProxyState
 
 
@@ -39,6 +48,8 @@ def create_app(config: Config, metrics: Metrics | None = None, refit: bool = Tru
         Route("/tasks/{task}/report", task_report, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        *dashboard_routes(),
     ]
     middleware = [
         Middleware(

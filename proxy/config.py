@@ -1,9 +1,11 @@
 """The YAML configuration: validated once at start-up, with errors that name the key.
 
-`model_list` follows LiteLLM's own convention so that a LiteLLM proxy config can be
-reused. Any string value of the form ``os.environ/NAME`` is read from the
-environment; secrets (``api_key`` and the client keys) are kept as ``SecretStr`` so
-that they never show up in a ``repr``, a log line or an error.
+`model_list` follows LiteLLM's own convention, and a LiteLLM proxy config is read as it
+is (`proxy/litellm_config.py`: what of its other sections applies). A string value of the
+form ``os.environ/NAME`` is read from the environment, and one whose variable is unset is
+kept until a verb needs it (`proxy/config_env.py`); secrets (``api_key`` and the client
+keys) are kept as ``SecretStr`` so that they never show up in a ``repr``, a log line or an
+error. Paths are relative to the config file's folder (`proxy/paths.py`).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +22,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -28,7 +31,26 @@ from pydantic import (
 
 from router.settings import FitOptions
 
-ENV_PREFIX = "os.environ/"
+from . import litellm_config
+from .config_env import ENV_PREFIX, env_name, resolve_env, under, unset_message
+from .config_task import TaskConfig, TaskInput, TaskMatch, TaskOutput
+from .paths import absolute_embedder, absolute_path, absolute_store_url
+
+__all__ = [
+    "ENV_PREFIX",
+    "Config",
+    "ConfigError",
+    "ModelEntry",
+    "TaskConfig",
+    "TaskInput",
+    "TaskMatch",
+    "TaskOutput",
+    "fit_options",
+    "is_loopback",
+    "load_config",
+    "parse_config",
+    "resolve_env",
+]
 
 
 class ConfigError(ValueError):
@@ -57,6 +79,13 @@ class LiteLLMParams(BaseModel):
     api_key: SecretStr | None = None
     api_base: str | None = None
     timeout: float | None = Field(default=None, gt=0)
+    # LiteLLM's load-balancing keys: they choose among a model_name's entries, and are
+    # never sent upstream (excluded from every dump, so the byte relay still applies).
+    weight: float | None = Field(default=None, ge=0, exclude=True)
+    rpm: float | None = Field(default=None, ge=0, exclude=True)
+    tpm: float | None = Field(default=None, ge=0, exclude=True)
+    order: int | None = Field(default=None, exclude=True)
+    max_parallel_requests: int | None = Field(default=None, exclude=True)
 
     def call_kwargs(self) -> dict[str, Any]:
         """The keyword arguments for ``litellm.acompletion``, secrets unwrapped."""
@@ -69,129 +98,16 @@ class LiteLLMParams(BaseModel):
 class ModelEntry(_Strict):
     model_name: str = Field(min_length=1)
     litellm_params: LiteLLMParams
-
-
-class TaskMatch(_Strict):
-    """A request belongs to the task when every given criterion holds."""
-
-    model: str | None = None
-    system_prompt_contains: str | None = None
-
-    @model_validator(mode="after")
-    def _needs_one(self) -> TaskMatch:
-        if self.model is None and self.system_prompt_contains is None:
-            raise ValueError("give `model`, `system_prompt_contains`, or both")
-        return self
-
-
-class TaskInput(_Strict):
-    """Which text of the conversation is the classifier's input."""
-
-    message: Literal["last_user", "first_user", "all_user"] = "last_user"
-    pattern: str | None = Field(
-        default=None,
-        description="optional regex; its first group (or whole match) is the input",
-    )
-
-    @field_validator("pattern")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
-        return value
-
-
-class TaskOutput(_Strict):
-    format: Literal["text", "json"] = "text"
-    field: str | None = None
-
-    @model_validator(mode="after")
-    def _json_needs_field(self) -> TaskOutput:
-        if self.format == "json" and not self.field:
-            raise ValueError("`field` is required when format is json")
-        return self
-
-
-class TaskConfig(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    match: TaskMatch
-    teacher: str
-    kind: Literal["classify", "tools"] = Field(
-        default="classify",
-        description="tools: requests carry `tools`, and the label is the teacher's tool choice",
-    )
-    mode: Literal["serve", "shadow"] = Field(
-        default="serve",
-        description="shadow: score every request, but let the teacher answer all of them",
-    )
-    narrow_to: str | None = Field(
-        default=None,
-        description="tools: the model_name that fills a call's arguments when only its "
-        "tool is certain (default: the teacher)",
-    )
-    prompt: str | None = Field(
-        default=None,
-        description="system prompt /v1/classify sends to the teacher; default: the matched text",
-    )
-    input: TaskInput = Field(default_factory=TaskInput)
-    labels: list[str] | None = None
-    output: TaskOutput = Field(default_factory=TaskOutput)
-    target: float = Field(default=0.95, gt=0, lt=1)
-    confidence: float = Field(default=0.95, gt=0, lt=1)
-    min_coverage: float = Field(default=0.2, ge=0, le=1)
-    horizon: int = Field(
-        default=0,
-        ge=0,
-        description="0: target is promised on average; N: on the next N handled requests",
-    )
-    ood_quantile: float = Field(
-        default=0.01,
-        ge=0,
-        lt=0.5,
-        description="share of in-distribution inputs the out-of-distribution check may "
-        "defer; higher defers more unseen topics at some cost in coverage; 0 disables it",
-    )
-    audit_rate: float = Field(
-        default=0.02, ge=0, le=1, description="share of served traffic sampled, at least"
-    )
-    audit_boost: int = Field(
-        default=1000,
-        ge=0,
-        description="while the task has few sampled traces, sample "
-        "min(1, audit_boost / sampled traces so far) instead; 0: audit_rate only",
-    )
-    probation_boost: int = Field(
-        default=40,
-        ge=0,
-        description="a newly served version samples min(1, probation_boost / (its audits + 1)) "
-        "of its traffic for the teacher, so it proves itself within hours; 0: off",
-    )
-    embedder: str = Field(
-        default="tfidf",
-        description="tfidf, an encoder folder (model.onnx, tokenizer.json), or tfidf+FOLDER",
-    )
-    encoder_weight: float = Field(
-        default=2.0, gt=0, description="scale of the encoder block when joined with TF-IDF"
-    )
-
-    @field_validator("labels")
-    @classmethod
-    def _distinct(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            if not value:
-                raise ValueError("an empty label set would reject every answer")
-            folded = [v.strip().lower() for v in value]
-            if len(set(folded)) != len(folded):
-                raise ValueError("labels must be distinct (compared without case)")
-        return value
+    # LiteLLM's own key: prices (input_cost_per_token, output_cost_per_token, and our
+    # input_cost_per_request) for a model its price map does not know, or overrides.
+    model_info: dict[str, Any] | None = None
 
 
 class ServerConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    # Processes serving the port (`tracer serve --workers N`); they share only the store.
+    workers: int = Field(default=1, ge=1, le=256)
     api_keys: list[SecretStr] = []
     max_body_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
     upstream_timeout_seconds: float = Field(default=60.0, gt=0)
@@ -250,12 +166,24 @@ class Config(_Strict):
     store: StoreConfig = Field(default_factory=StoreConfig)
     artifacts: ArtifactsConfig = Field(default_factory=ArtifactsConfig)
     refit: RefitConfig = Field(default_factory=RefitConfig)
+    # LiteLLM's own sections, accepted as they are (proxy/litellm_config.py).
+    litellm_settings: dict[str, Any] = {}
+    router_settings: dict[str, Any] = {}
+    general_settings: dict[str, Any] = {}
+    environment_variables: dict[str, SecretStr] = {}
+    _missing_env: dict[str, str] = PrivateAttr(default_factory=dict)
+    _base_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("environment_variables", mode="before")
+    @classmethod
+    def _as_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):  # LiteLLM's form: numbers too; an empty value is unset
+            return {k: str(v) for k, v in value.items() if v is not None}
+        return value
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
-        names = [m.model_name for m in self.model_list]
-        if len(set(names)) != len(names):
-            raise ValueError("model_list has a model_name more than once")
+        names = list(dict.fromkeys(m.model_name for m in self.model_list))
         task_names = [t.name for t in self.tasks]
         if len(set(task_names)) != len(task_names):
             raise ValueError("two tasks share a name")
@@ -265,6 +193,19 @@ class Config(_Strict):
                     f"tasks[{i}].teacher: {task.teacher!r} is not a model_name in "
                     f"model_list (known: {', '.join(names)})"
                 )
+            for lane in task.lanes:
+                if lane not in names:
+                    raise ValueError(
+                        f"tasks[{i}].lanes: {lane!r} is not a model_name in model_list "
+                        f"(known: {', '.join(names)})"
+                    )
+                if lane == task.teacher:
+                    raise ValueError(
+                        f"tasks[{i}].lanes: {lane!r} is the task's teacher; a lane is a cheaper "
+                        "model that may stand in for it"
+                    )
+            if len(set(task.lanes)) != len(task.lanes):
+                raise ValueError(f"tasks[{i}].lanes lists a model twice")
             if task.narrow_to is not None and task.kind != "tools":
                 raise ValueError(f"tasks[{i}].narrow_to is for tasks of kind tools")
             if task.narrow_to is not None and task.narrow_to not in names:
@@ -274,32 +215,72 @@ class Config(_Strict):
         return self
 
     def model(self, name: str) -> ModelEntry | None:
+        """The first entry of a model_name (`Upstream.entry` balances over all of them)."""
         return next((m for m in self.model_list if m.model_name == name), None)
+
+    def models(self, name: str) -> list[ModelEntry]:
+        """Every entry of a model_name: LiteLLM's load balancing repeats the name."""
+        return [m for m in self.model_list if m.model_name == name]
 
     def task(self, name: str) -> TaskConfig | None:
         return next((t for t in self.tasks if t.name == name), None)
 
+    @property
+    def base_dir(self) -> Path | None:
+        """The folder of the file this config was read from (None: built in code)."""
+        return self._base_dir
+
+    @property
+    def missing_env(self) -> dict[str, str]:
+        """Key path -> NAME of every ``os.environ/NAME`` reference whose NAME is unset."""
+        return dict(self._missing_env)
+
+    def require_env(self, *prefixes: str) -> None:
+        """Raise, naming each one, if a reference under ``prefixes`` is unset.
+
+        No prefix: everything the server uses (not keys of LiteLLM's sections that are
+        ignored). `tracer serve` calls this before it starts.
+        """
+        self._require(lambda path: under(path, prefixes or SERVED))
+
+    def _require(self, needed: Callable[[str], bool]) -> None:
+        unset = [unset_message(p, name) for p, name in self._missing_env.items() if needed(p)]
+        if unset:
+            raise ConfigError("; ".join(unset))
+
     def secrets(self) -> list[str]:
-        """Every secret value, so that error messages can be scrubbed of them."""
+        """Every secret value, so that error messages can be scrubbed of them.
+
+        Called when a server is built: a secret whose variable is unset would be its
+        reference rather than a key, so that is an error here.
+        """
+        self._require(lambda path: under(path, SECRETS) or bool(_API_KEY.fullmatch(path)))
         values = [k.get_secret_value() for k in self.server.api_keys]
         for entry in self.model_list:
             if entry.litellm_params.api_key is not None:
                 values.append(entry.litellm_params.api_key.get_secret_value())
+        values += [
+            v.get_secret_value()
+            for k, v in self.environment_variables.items()
+            if re.search(r"KEY|SECRET|TOKEN|PASSWORD", k, re.IGNORECASE)
+        ]
         return [v for v in values if v]
 
+    def apply_environment(self) -> None:
+        """Set `environment_variables` in this process's environment, as LiteLLM does."""
+        self.require_env("environment_variables")
+        for name, value in self.environment_variables.items():
+            os.environ[name] = value.get_secret_value()
 
-def resolve_env(value: Any, env: Mapping[str, str], path: str = "") -> Any:
-    """Replace ``os.environ/NAME`` strings, naming the key when NAME is unset."""
-    if isinstance(value, str) and value.startswith(ENV_PREFIX):
-        name = value[len(ENV_PREFIX) :]
-        if name not in env:
-            raise ConfigError(f"{path or 'value'}: environment variable {name} is not set")
-        return env[name]
-    if isinstance(value, dict):
-        return {k: resolve_env(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [resolve_env(v, env, f"{path}[{i}]") for i, v in enumerate(value)]
-    return value
+
+# What a server reads (`require_env` with no prefix) and where secrets are.
+SERVED = (
+    "model_list", "tasks", "server", "store", "artifacts", "refit", "environment_variables",
+    "general_settings.master_key",
+    *(f"litellm_settings.{key}" for key in litellm_config.CALLBACK_KEYS),
+)  # fmt: skip
+SECRETS = ("server.api_keys", "general_settings.master_key", "environment_variables")
+_API_KEY = re.compile(r"model_list\[\d+\]\.litellm_params\.api_key")
 
 
 def _location(loc: tuple[int | str, ...]) -> str:
@@ -309,19 +290,69 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def parse_config(raw: Any, env: Mapping[str, str] | None = None, source: str = "config") -> Config:
-    """Validate an already-parsed YAML document."""
+def _environment(raw: dict[str, Any], env: Mapping[str, str]) -> Mapping[str, str]:
+    """The environment references are read from: `environment_variables` over ``env``."""
+    declared = raw.get("environment_variables")
+    if not isinstance(declared, dict) or not declared:
+        return env
+    values = resolve_env(declared, env)
+    return {
+        **env,
+        **{str(k): str(v) for k, v in values.items() if v is not None and env_name(v) is None},
+    }
+
+
+def _with_master_key(raw: dict[str, Any]) -> dict[str, Any]:
+    """LiteLLM's `general_settings.master_key` is one more client key."""
+    key = litellm_config.master_key(raw.get("general_settings"))
+    if key is None:
+        return raw
+    server = raw.get("server")
+    server = dict(server) if isinstance(server, dict) else {}
+    keys = server.get("api_keys") or []
+    server["api_keys"] = [*keys, key] if isinstance(keys, list) else keys
+    return {**raw, "server": server}
+
+
+def _anchor(config: Config, base: Path) -> None:
+    """Make the config's relative paths relative to ``base``, the config file's folder."""
+    config._base_dir = base
+    config.store.url = absolute_store_url(config.store.url, base)
+    config.artifacts.dir = absolute_path(config.artifacts.dir, base)
+    for task in config.tasks:
+        task.embedder = absolute_embedder(task.embedder, base)
+
+
+def parse_config(
+    raw: Any,
+    env: Mapping[str, str] | None = None,
+    source: str = "config",
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate an already-parsed YAML document; relative paths are taken from `base_dir`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
-    resolved = resolve_env(raw, os.environ if env is None else env)
+    env = os.environ if env is None else env
+    missing: dict[str, str] = {}
+    resolved = _with_master_key(resolve_env(raw, _environment(raw, env), "", missing))
     try:
-        return Config.model_validate(resolved)
+        config = Config.model_validate(resolved)
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False, include_input=False):
+            where = _location(tuple(err["loc"]))
             message = str(err["msg"]).removeprefix("Value error, ")
-            lines.append(f"  {_location(tuple(err['loc']))}: {message}")
+            unset = missing.get(where)
+            lines.append(f"  {unset_message(where, unset) if unset else f'{where}: {message}'}")
         raise ConfigError(f"{source} is not valid:\n" + "\n".join(lines)) from None
+    config._missing_env = missing
+    if base_dir is not None:
+        _anchor(config, base_dir)
+    sections = {name: getattr(config, name) for name in litellm_config.SECTIONS}
+    litellm_config.warn_ignored(
+        litellm_config.ignored(sections, config.server.upstream_client), source
+    )
+    return config
 
 
 def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Config:
@@ -334,7 +365,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_config(raw, env, source=str(path))
+    return parse_config(raw, env, source=str(path), base_dir=path.resolve().parent)
 
 
 def fit_options(task: TaskConfig) -> FitOptions:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import json
 import logging
@@ -17,7 +18,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body
@@ -192,7 +193,18 @@ async def read_json_object(request: Request, limit: int, timeout_s: float = 30.0
 
 
 class Guard:
-    """Counts requests in flight, checks the client key, refuses oversized bodies early."""
+    """Counts requests in flight, checks the client key, refuses oversized bodies early.
+
+    A browser cannot send the key as a header, so under /dashboard only, the cookie the
+    login form sets is accepted instead: a token derived from a key (`session_token`),
+    never the key itself, so a leaked cookie opens the dashboard and nothing else. The
+    page, asked for without either, redirects to the login form; any other path gets 401.
+    """
+
+    DASHBOARD = "/dashboard"
+    LOGIN = "/dashboard/login"
+    COOKIE = "tracer_dashboard"
+    _OPEN_ASSETS = "/dashboard/static/"  # the page's own script and style: nothing secret
 
     def __init__(
         self,
@@ -200,13 +212,19 @@ class Guard:
         metrics: Metrics,
         api_keys: Sequence[str],
         max_body_bytes: int,
-        open_paths: Sequence[str] = ("/healthz", "/metrics"),
+        open_paths: Sequence[str] = ("/healthz", "/readyz", "/metrics"),
     ) -> None:
         self.app = app
         self.metrics = metrics
         self.keys = [k.encode() for k in api_keys]
+        self.sessions = [self.session_token(k).encode() for k in api_keys]
         self.limit = max_body_bytes
         self.open_paths = tuple(open_paths)
+
+    @staticmethod
+    def session_token(key: str) -> str:
+        """The dashboard cookie's value for a client key."""
+        return hmac.new(key.encode(), b"tracer-dashboard-session", hashlib.sha256).hexdigest()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -215,9 +233,12 @@ class Guard:
         refusal = self._refusal(scope)
         if refusal is not None:
             await _drain(receive)
-            await error_response(refusal.status, refusal.message, refusal.error_type, refusal.code)(
-                scope, receive, send
+            response: Response = error_response(
+                refusal.status, refusal.message, refusal.error_type, refusal.code
             )
+            if refusal.status == 401 and scope["path"].rstrip("/") == self.DASHBOARD:
+                response = RedirectResponse(self.LOGIN, status_code=303)
+            await response(scope, receive, send)
             return
         self.metrics.in_flight.inc()
         try:
@@ -233,12 +254,27 @@ class Guard:
         if self.keys and not scope["path"].startswith(self.open_paths):
             auth = headers.get(b"authorization", b"")
             scheme, _, token = auth.partition(b" ")
-            if scheme.lower() != b"bearer" or not any(
-                hmac.compare_digest(token.strip(), key) for key in self.keys
-            ):
+            if (
+                scheme.lower() != b"bearer"
+                or not any(hmac.compare_digest(token.strip(), key) for key in self.keys)
+            ) and not self._dashboard_allows(scope["path"], headers.get(b"cookie", b"")):
                 message = "missing API key" if not auth else "invalid API key"
                 return ClientError(401, message, "authentication_error", "invalid_api_key")
         return None
+
+    def _dashboard_allows(self, path: str, cookies: bytes) -> bool:
+        """Under /dashboard: its login form and assets, or a valid session cookie."""
+        if path != self.DASHBOARD and not path.startswith(self.DASHBOARD + "/"):
+            return False
+        if path == self.LOGIN or path.startswith(self._OPEN_ASSETS):
+            return True
+        for pair in cookies.split(b";"):
+            name, _, value = pair.strip().partition(b"=")
+            if name == self.COOKIE.encode() and any(
+                hmac.compare_digest(value, session) for session in self.sessions
+            ):
+                return True
+        return False
 
 
 async def _drain(receive: Receive, timeout_s: float = 5.0) -> None:

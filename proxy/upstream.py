@@ -13,9 +13,9 @@ configured secrets scrubbed from it.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+import random
 import re
 from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
@@ -50,6 +50,10 @@ class Upstream:
         self._timeout = config.server.upstream_timeout_seconds
         self._relay = Relay(self._timeout)
         self._relay_on = config.server.upstream_client == "auto"
+        self._balancers = {
+            name: Balancer(config.models(name))
+            for name in dict.fromkeys(m.model_name for m in config.model_list)
+        }
         litellm.suppress_debug_info = True
         litellm.telemetry = False
 
@@ -62,7 +66,9 @@ class Upstream:
         await litellm.close_litellm_async_clients()  # type: ignore[attr-defined,no-untyped-call]
 
     def entry(self, model_name: str) -> ModelEntry | None:
-        return self.config.model(model_name)
+        """The entry to call for a model_name: one of several in turn, when it is repeated."""
+        balancer = self._balancers.get(model_name)
+        return balancer.pick() if balancer is not None else None
 
     def _relayed(self, entry: ModelEntry) -> bool:
         return self._relay_on and relayable(entry)
@@ -184,6 +190,34 @@ class Upstream:
         )
 
 
+class Balancer:
+    """Load balancing over a model_name's entries: LiteLLM's `simple-shuffle`.
+
+    Each call picks an entry at random, weighted by `litellm_params.weight` when any entry
+    has one, else `rpm`, else `tpm`, else equally. Random rather than in turn: a caller
+    that looks an entry up more than once for one request (and uses only the last) would
+    otherwise always land on the same entry. One entry: no draw.
+    """
+
+    def __init__(self, entries: list[ModelEntry], rng: random.Random | None = None) -> None:
+        self.entries = entries
+        self.weights = _weights(entries)
+        self._rng = rng or random.Random()
+
+    def pick(self) -> ModelEntry:
+        if len(self.entries) == 1:
+            return self.entries[0]
+        return self._rng.choices(self.entries, weights=self.weights)[0]
+
+
+def _weights(entries: list[ModelEntry]) -> list[float]:
+    for key in ("weight", "rpm", "tpm"):
+        values = [getattr(e.litellm_params, key) for e in entries]
+        if any(v is not None for v in values) and sum(v or 0.0 for v in values) > 0:
+            return [float(v or 0.0) for v in values]
+    return [1.0] * len(entries)
+
+
 async def _litellm_events(stream: Any) -> AsyncIterator[bytes]:
     async for chunk in stream:
         yield f"data: {openai_json(chunk)}\n\n".encode()
@@ -228,27 +262,6 @@ def _error_type(status: int) -> str:
         404: "not_found_error",
         429: "rate_limit_error",
     }.get(status, "invalid_request_error")
-
-
-@functools.lru_cache(maxsize=256)
-def _prices(litellm_model: str) -> tuple[float, float] | None:
-    """USD per prompt and per completion token, looked up once per model."""
-    try:
-        prompt, _ = litellm.cost_per_token(model=litellm_model, prompt_tokens=1_000_000)
-        _, completion = litellm.cost_per_token(model=litellm_model, completion_tokens=1_000_000)
-    except Exception:
-        return None
-    return prompt / 1e6, completion / 1e6
-
-
-def cost_of(
-    litellm_model: str, prompt_tokens: int | None, completion_tokens: int | None
-) -> float | None:
-    """Cost in USD from LiteLLM's price map; None for a model it does not price."""
-    prices = _prices(litellm_model)
-    if prices is None or (prompt_tokens is None and completion_tokens is None):
-        return None
-    return prices[0] * (prompt_tokens or 0) + prices[1] * (completion_tokens or 0)
 
 
 def openai_json(response: Any) -> str:

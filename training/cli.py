@@ -6,10 +6,12 @@ Also runnable as `python -m training fit ...` / `python -m training eval ...`.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 REFUSED_EXIT = 3
 FAILED_EXIT = 4
@@ -29,15 +31,42 @@ def _labels_arg(value: str | None) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()]
 
 
+def _traces_arg(value: str) -> Any:
+    """A trace JSONL file as it is (its `source` and `raw_output` keys count); any other
+    labelled data `tracer eval` and `tracer demo` take (a CSV with `input,label` or
+    `text,category` columns, a TSV, CLINC150's JSON, a data set folder) as (input, label)."""
+    path = Path(value)
+    if path.is_file() and path.suffix not in (".csv", ".tsv", ".json"):
+        return value
+    if path.suffix == ".csv" and path.is_file():
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            if {"input", "label"} <= set(reader.fieldnames or ()):
+                return [(row["input"] or "", row["label"] or "") for row in reader]
+    from training.datasets import load_labelled
+
+    try:
+        return load_labelled(path, "train")
+    except KeyError as exc:
+        raise ValueError(
+            f"{path}: no column {exc}; a CSV needs `input,label` (or `text,category`) columns"
+        ) from None
+
+
 def fit_command(argv: Sequence[str]) -> int:
     from router.settings import FitOptions
 
     defaults = FitOptions()
     p = argparse.ArgumentParser(
         prog="tracer fit",
-        description="Fit a parity-gated surrogate on teacher traces (JSONL: input, label).",
+        description="Fit a parity-gated surrogate on teacher traces, and certify it (or say "
+        "why not). Nothing is served: `tracer eval` tries the artifact, a proxy serves it.",
     )
-    p.add_argument("traces", help="trace file, JSONL with 'input' and 'label'")
+    p.add_argument(
+        "traces",
+        help="trace file (JSONL with 'input' and 'label'), or labelled data as tracer eval "
+        "takes it: a CSV (input,label or text,category), a TSV, a data set folder",
+    )
     p.add_argument("--out", required=True, help="artifact directory to write")
     p.add_argument(
         "--target",
@@ -67,7 +96,8 @@ def fit_command(argv: Sequence[str]) -> int:
     p.add_argument(
         "--embedder",
         default=defaults.embedder,
-        help="tfidf | PATH to an encoder folder | tfidf+PATH (default tfidf)",
+        help="tfidf | PATH to an encoder folder | hf:OWNER/NAME (Hugging Face hub) | "
+        "tfidf+PATH or tfidf+hf:OWNER/NAME (default tfidf)",
     )
     p.add_argument(
         "--encoder-weight",
@@ -124,16 +154,26 @@ def fit_command(argv: Sequence[str]) -> int:
             task=args.task,
             quiet=args.quiet,
         )
-        result = fit(args.traces, Path(args.out), opts)
+        result = fit(_traces_arg(args.traces), Path(args.out), opts)
     except (OSError, TraceFormatError, ValueError) as exc:
         print(f"tracer fit: error: {exc}", file=sys.stderr)
         return 2
-    if result.status == "refused":
-        print(f"tracer fit: refused: {result.manifest['refusal']['reason']}", file=sys.stderr)
-        return REFUSED_EXIT
-    if result.status == "failed":
-        print(f"tracer fit: failed: {result.manifest['refusal']['reason']}", file=sys.stderr)
-        return FAILED_EXIT
+    if result.status in ("refused", "failed"):
+        from training.advice import advice_for_manifest
+
+        print(
+            f"tracer fit: {result.status}: {result.manifest['refusal']['reason']}",
+            file=sys.stderr,
+        )
+        advice = advice_for_manifest(result.manifest, closed_labels=opts.labels is not None)
+        print(f"tracer fit: {advice}", file=sys.stderr)
+        return REFUSED_EXIT if result.status == "refused" else FAILED_EXIT
+    if not args.quiet:
+        print(
+            f"tracer fit: certified; the artifact is in {args.out} (nothing is served: "
+            "`tracer eval` tries it on labelled data)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -100,17 +100,26 @@ def fit_clusters(
     clusters = Clusters(columns, full[:, columns].astype(np.float32), [], None)
     # Name each cluster by what the router will assign to it, not by k-means' own split.
     served = clusters.assign(x)
-    names = []
-    for c in range(len(ids)):
-        members = [labels[int(i)] for i in np.flatnonzero(served == c)]
-        common = Counter(members).most_common(2)
-        if not common:
-            names.append("empty")
-        elif len(common) > 1 and common[1][1] >= 0.15 * len(members):
-            names.append(f"{common[0][0]} / {common[1][0]}")
-        else:
-            names.append(common[0][0])
+    names = [
+        cluster_name([labels[int(i)] for i in np.flatnonzero(served == c)]) for c in range(len(ids))
+    ]
     return Clusters(columns, clusters.centroids, names, silhouette)
+
+
+def cluster_name(members: Sequence[str], shown: int = 2, share: float = 0.15) -> str:
+    """A cluster named by its contents: its top labels, and how many others it holds.
+
+    The most frequent label always, the next ones while they hold at least `share` of
+    the members (at most `shown` in all), then "+N" for the other labels present:
+    "card_arrival, card_delivery_estimate +3".
+    """
+    common = Counter(members).most_common()
+    if not common:
+        return "empty"
+    top = [common[0][0]]
+    top += [label for label, n in common[1:shown] if n >= share * len(members)]
+    rest = len(common) - len(top)
+    return ", ".join(top) + (f" +{rest}" if rest else "")
 
 
 def clusters_onnx(clusters: Clusters, dim: int) -> onnx.ModelProto:

@@ -3,7 +3,10 @@
 - `TfidfEmbedder`: word 1-2 grams + char 2-5 grams fitted on the traces,
   exported with skl2onnx (checked against sklearn at fit time).
 - `EncoderEmbedder`: a pretrained sentence encoder folder (`model.onnx` +
-  `tokenizer.json`), run through `router.encoder.SentenceEncoder`.
+  `tokenizer.json`), run through `router.encoder.SentenceEncoder`; or ``hf:OWNER/NAME``
+  (``@REVISION`` optional), a Hugging Face hub repository with an ONNX export, fetched
+  by `huggingface_hub` into its cache (read from the cache alone when offline,
+  ``HF_HUB_OFFLINE=1``).
 - A joined embedder is a list of both; features are concatenated.
 
 All embedders see `router.text.normalize_text` output (whitespace collapsed,
@@ -132,6 +135,49 @@ def standard_l2_normalizers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+HF_PREFIX = "hf:"
+# What an encoder needs from a hub repository: the tokenizer, small configs and the ONNX
+# export (at the root, or in onnx/ as sentence-transformers publishes it), not the
+# PyTorch or TensorFlow weights.
+HF_FILES = ["*.json", "*.txt", "model.onnx", "onnx/model.onnx"]
+
+
+def hf_snapshot(spec: str) -> Path:
+    """``hf:OWNER/NAME[@REVISION]`` -> the local folder of that repository's snapshot.
+
+    Downloaded into huggingface_hub's cache when the hub is reachable; with
+    ``HF_HUB_OFFLINE=1`` (or no network) only the cache is read.
+    """
+    repo, _, revision = spec.removeprefix(HF_PREFIX).partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:  # pragma: no cover - a declared dependency
+        raise ValueError(f"{spec}: needs the huggingface_hub package") from None
+    try:
+        folder = snapshot_download(repo, revision=revision or None, allow_patterns=HF_FILES)
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(
+            f"{spec}: not in the Hugging Face cache, and the hub cannot be reached (offline?)"
+        ) from None
+    except Exception as exc:  # the hub's own errors: unknown repository, gated, network
+        raise FileNotFoundError(f"{spec}: {type(exc).__name__}: {exc}") from None
+    return Path(folder)
+
+
+def encoder_files(source: str | Path) -> tuple[Path, Path, str]:
+    """(model.onnx, tokenizer.json, a name) of an encoder folder or an ``hf:`` repository."""
+    if isinstance(source, str) and source.startswith(HF_PREFIX):
+        folder, name = hf_snapshot(source), source.removeprefix(HF_PREFIX)
+    else:
+        folder = Path(source)
+        name = folder.name
+    model = folder / "model.onnx"
+    if not model.is_file() and (folder / "onnx" / "model.onnx").is_file():
+        model = folder / "onnx" / "model.onnx"
+    return model, folder / "tokenizer.json", name
+
+
 class EncoderEmbedder:
     kind = "encoder"
     _cache: dict[tuple[str, str], np.ndarray] = {}  # noqa: RUF012  (process-wide memo)
@@ -139,9 +185,8 @@ class EncoderEmbedder:
     def __init__(
         self, folder: str | Path, *, weight: float = 1.0, threads: int = 2, max_length: int = 128
     ) -> None:
-        self.folder = Path(folder)
-        self.model_path = self.folder / "model.onnx"
-        self.tokenizer_path = self.folder / "tokenizer.json"
+        self.model_path, self.tokenizer_path, self.name = encoder_files(folder)
+        self.folder = self.tokenizer_path.parent  # the encoder's folder (or hub snapshot)
         for p in (self.model_path, self.tokenizer_path):
             if not p.is_file():
                 raise FileNotFoundError(f"encoder folder lacks {p.name}: {self.folder}")
@@ -176,7 +221,7 @@ class EncoderEmbedder:
     def identity(self) -> dict[str, Any]:
         return {
             "kind": "encoder",
-            "name": self.folder.name,
+            "name": self.name,
             "dim": self.dim,
             "weight": self.weight,
             "max_length": self.max_length,
@@ -191,7 +236,7 @@ Embedder = TfidfEmbedder | EncoderEmbedder
 
 
 def parse_embedder_spec(spec: str, *, encoder_weight: float = 1.0) -> list[Embedder]:
-    """'tfidf' | PATH | 'tfidf+PATH' -> embedders (TF-IDF first)."""
+    """'tfidf' | PATH | hf:REPO | 'tfidf+PATH' | 'tfidf+hf:REPO' -> embedders (TF-IDF first)."""
     parts: list[Embedder] = []
     for item in spec.split("+"):
         item = item.strip()

@@ -50,7 +50,9 @@ class Progress:
         self.console.print(table)
 
     def summary(self, manifest: dict[str, Any]) -> None:
-        table = Table(title=f"tracer fit: {manifest['status'].upper()}")
+        # A fit certifies; only a proxy deploys (serves) what a fit certified.
+        status = {"deployed": "certified"}.get(manifest["status"], manifest["status"])
+        table = Table(title=f"tracer fit: {status.upper()}")
         table.add_column("item")
         table.add_column("value", justify="right")
         data = manifest.get("data", {})

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 
 from ..errors import UpstreamError
 from ..http import ClientError, read_json_object
+from ..lane_report import render_report
 from ..state import ProxyState
 from ..validate import validate_embeddings
 
@@ -83,15 +86,85 @@ async def task_report(request: Request) -> Response:
         raise ClientError(404, f"task `{task}` has no report yet", code="report_not_found")
     media = "application/json" if as_json else "text/html; charset=utf-8"
     headers = {"x-tracer-model-version": path.parent.name, **REPORT_HEADERS}
+    lanes = state.lanes.get(task)
+    if lanes is not None and lanes.version == path.parent.name:
+        body = await asyncio.to_thread(render_report, path, lanes, as_json)
+        return Response(body, media_type=media, headers=headers)
     return FileResponse(path, media_type=media, headers=headers)
 
 
 async def metrics_endpoint(request: Request) -> Response:
     state: ProxyState = request.app.state.tracer
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    metrics = state.metrics
+    if metrics.multiprocess:  # every worker's files are read: off the event loop
+        body = await asyncio.to_thread(metrics.exposition)
+    else:
+        body = metrics.exposition()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+# The store is "degraded" while its queue is above this share of store.queue_size, for
+# this long after a record was dropped, or while its last write failed.
+HIGH_WATER = 0.8
+RECENT_DROP_S = 300.0
+READY_TIMEOUT_S = 2.0
+
+
+def _store_problems(state: ProxyState) -> list[str]:
+    writer = state.writer
+    problems = []
+    if writer.pending > HIGH_WATER * writer.queue_size:
+        problems.append(f"the write queue holds {writer.pending} of {writer.queue_size} records")
+    if writer.last_dropped_at is not None and time.time() - writer.last_dropped_at < RECENT_DROP_S:
+        ago = time.time() - writer.last_dropped_at
+        problems.append(f"records were dropped {ago:.0f} s ago (tracer_store_dropped_total)")
+    if writer.failing:
+        problems.append(f"the last write failed: {writer.last_error}")
+    return problems
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """Liveness: the process answers. The store's state is shown, not judged."""
+    """Liveness: always 200 while the process answers; "degraded" when the store is."""
     state: ProxyState = request.app.state.tracer
-    return JSONResponse({"status": "ok", "store_queue": state.writer.pending})
+    problems = _store_problems(state)
+    body: dict[str, object] = {
+        "status": "degraded" if problems else "ok",
+        "store_queue": state.writer.pending,
+        "store_queue_size": state.writer.queue_size,
+    }
+    if problems:
+        body["problems"] = problems
+    return JSONResponse(body)
+
+
+async def _store_answers(state: ProxyState) -> str | None:
+    """None when the store answers a trivial query in time; else why not."""
+
+    async def ask() -> None:
+        async with state.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(ask(), READY_TIMEOUT_S)
+    except TimeoutError:
+        return f"the store did not answer within {READY_TIMEOUT_S:.0f} s"
+    except Exception as exc:
+        return f"the store does not answer: {type(exc).__name__}: {state.upstream.scrub(str(exc))}"
+    return None
+
+
+async def readyz(request: Request) -> JSONResponse:
+    """Readiness: 200 when the store answers and its write queue has room, else 503."""
+    state: ProxyState = request.app.state.tracer
+    reasons = []
+    if (why := await _store_answers(state)) is not None:
+        reasons.append(why)
+    if state.writer.full:
+        reasons.append(f"the write queue is full ({state.writer.queue_size} records)")
+    body: dict[str, object] = {
+        "status": "not_ready" if reasons else "ready",
+        "store_queue": state.writer.pending,
+    }
+    if reasons:
+        body["reasons"] = reasons
+    return JSONResponse(body, status_code=503 if reasons else 200)

@@ -11,6 +11,7 @@ the tool call each utterance stands for.
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import threading
 from collections.abc import Sequence
@@ -70,6 +71,9 @@ def sim_teacher_command(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency-ms", type=float, default=0.0)
     p.add_argument("--error-rate", type=float, default=0.0)
     p.add_argument("--noise", type=float, default=0.0, help="share of answers with a wrong label")
+    p.add_argument("--noise-by-label", metavar="JSON_FILE",
+                   help="a smaller model: {label: share of its inputs answered wrongly}, the "
+                   "same inputs every time (overrides --noise for those labels)")  # fmt: skip
     p.add_argument("--format", dest="output_format", choices=("text", "json"), default="text")
     p.add_argument("--json-field", default="label")
     p.add_argument("--seed", type=int, default=0)
@@ -86,6 +90,9 @@ def sim_teacher_command(argv: Sequence[str] | None = None) -> int:
         json_field=args.json_field,
         seed=args.seed,
         tool_answers=snips_calls(args.data, args.oos) if is_snips else None,
+        noise_by_label=json.loads(Path(args.noise_by_label).read_text())
+        if args.noise_by_label
+        else None,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -40,6 +40,7 @@ from .flywheel import (
     Settings,
     load_rows,
     percentile,
+    stream_defaults,
 )
 
 
@@ -116,8 +117,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "teacher, and watch coverage grow as the surrogate is refitted behind the parity gate.",
     )
     p.add_argument("--data", help="a labelled data set (folder or file); default: synthetic")
-    p.add_argument("--per-day", type=int, default=400, help="requests per day (default 400)")
-    p.add_argument("--days", type=int, default=6, help="days to replay (default 6)")
+    p.add_argument("--per-day", type=int,
+                   help="requests per day (default: from the data, about 40 a label and at "
+                   "least 400; 400 for the built-in set)")  # fmt: skip
+    p.add_argument("--days", type=int,
+                   help="days to replay (default: as many as the data fills, 4 to 6; 6 for "
+                   "the built-in set)")  # fmt: skip
     p.add_argument("--teacher-latency-ms", type=float, default=300.0,
                    help="the simulated teacher's latency (default 300)")  # fmt: skip
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
@@ -127,13 +132,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help="the gate refuses a model below this coverage (default 0.1)")  # fmt: skip
     p.add_argument("--embedder", default="tfidf",
                    help="tfidf (default), an encoder folder with model.onnx and "
-                   "tokenizer.json, or tfidf+FOLDER")  # fmt: skip
+                   "tokenizer.json, hf:OWNER/NAME (Hugging Face hub), or tfidf+either")  # fmt: skip
     p.add_argument("--horizon", type=int, default=0,
                    help="promise the target on the next N handled requests (default 0: "
                    "on average)")  # fmt: skip
-    p.add_argument("--audit-boost", type=int, default=1000,
+    p.add_argument("--audit-boost", type=int,
                    help="tasks[].audit_boost: sample min(1, N / sampled traces) of the "
-                   "traffic while that is above the 2%% audit rate (0: off)")  # fmt: skip
+                   "traffic while that is above the 2%% audit rate (0: off; default: "
+                   "1000, or 40 a label when there are more than 25 labels)")  # fmt: skip
     p.add_argument("--port", type=int, default=0, help="the proxy's port (default: a free one)")
     p.add_argument("--workdir", help="keep the store and artifacts here (default: a temp dir)")
     p.add_argument("--seed", type=int, default=0, help="shuffles the data (default 0)")
@@ -142,7 +148,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         argv = argv[1:]
     args = p.parse_args(argv)
     for name in ("per_day", "days", "concurrency"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 < args.target < 1:
         p.error("--target must be between 0 and 1")
@@ -180,6 +186,10 @@ def run(
                 f"{_pct(day.agreement_handled)}, teacher calls {day.teacher_calls}; "
                 f"fits: {refit_note(day, fly)}"
             )
+            for r in day.refits:
+                advice = fly.advice(r.version) if r.outcome in ("refused", "failed") else None
+                if advice:
+                    console.print(f"  [dim]{r.version}: {advice}[/dim]")
             if day.fallback is not None:
                 console.print(
                     f"day {day.day}: the live audit put the task back on the teacher: "
@@ -226,18 +236,49 @@ def demo_command(argv: Sequence[str]) -> int:
     console = Console()
     if not console.is_terminal:  # a pipe or a file: room for the table
         console = Console(width=120)
+    try:
+        rows, s = stream(args, console)
+    except DemoError as exc:
+        console.print(f"[bold red]tracer demo failed:[/bold red] {exc}")
+        return 1
+    return _demo(args, rows, s, console)
+
+
+def stream(args: argparse.Namespace, console: Console) -> tuple[list[Row], Settings]:
+    """The rows to replay and the settings; what the user did not give comes from the data."""
+    if args.data is None:
+        from .synthetic import INTENTS
+
+        chosen = stream_defaults(None, len(INTENTS))
+        per_day, days = args.per_day or chosen.per_day, args.days or chosen.days
+        rows = load_rows(None, per_day * days, args.seed)
+    else:
+        pool = load_rows(args.data, None, args.seed, pooled=True)
+        n_labels = len({y for _, y in pool})
+        chosen = stream_defaults(len(pool), n_labels)
+        per_day, days = args.per_day or chosen.per_day, args.days or chosen.days
+        rows = pool[: per_day * days]
+        console.print(
+            f"{args.data}: {len(pool):,} labelled rows, {n_labels} labels: {per_day:,} "
+            f"requests a day for {days} days"
+            + ("" if args.per_day and args.days else " (chosen from the data; --per-day, --days)")
+        )
     s = Settings(
-        per_day=args.per_day,
-        days=args.days,
+        per_day=per_day,
+        days=days,
         teacher_latency_ms=args.teacher_latency_ms,
         concurrency=args.concurrency,
         target=args.target,
         min_coverage=args.min_coverage,
         embedder=args.embedder,
         horizon=args.horizon,
-        audit_boost=args.audit_boost,
+        audit_boost=chosen.audit_boost if args.audit_boost is None else args.audit_boost,
         port=args.port,
     )
+    return rows, s
+
+
+def _demo(args: argparse.Namespace, rows: list[Row], s: Settings, console: Console) -> int:
     for name in ("tracer", "LiteLLM", "litellm"):
         logging.getLogger(name).setLevel(logging.ERROR)  # the demo reports outcomes itself
     try:
@@ -246,7 +287,6 @@ def demo_command(argv: Sequence[str]) -> int:
         except ImportError:
             raise DemoError("the demo drives the proxy with the openai client: "
                             "pip install openai") from None  # fmt: skip
-        rows = load_rows(args.data, s.per_day * s.days, args.seed)
         if len(rows) < s.per_day * s.days:
             console.print(f"[yellow]{len(rows)} rows: fewer than {s.days} days of "
                           f"{s.per_day}; replaying what there is[/yellow]")  # fmt: skip
@@ -265,14 +305,15 @@ def demo_command(argv: Sequence[str]) -> int:
             if not any(d.handled for d in days) and not any(
                 row["outcome"] == "deployed" for row in history
             ):
-                reasons = [f"{r['version']} {r['outcome']}: {r['reason']}" for r in history]
+                last = history[-1] if history else None
+                advice = fly.advice(last["version"]) if last else None
                 raise DemoError(
-                    "no model was ever deployed, so the teacher answered everything; "
-                    "last refit: "
-                    + (reasons[-1] if reasons else "none")
-                    + ". More traces a day (--per-day, --days) or a lower --target give the "
-                    "gate more to certify."
-                )
+                    "no model was ever deployed, so the teacher answered everything; last fit: "
+                    + (f"{last['version']} {last['outcome']}: {last['reason']}" if last else "none")
+                    + ". "
+                    + (advice or "More traces a day (--per-day, --days) give the gate more to "
+                       "certify.")
+                )  # fmt: skip
     except DemoError as exc:
         console.print(f"[bold red]tracer demo failed:[/bold red] {exc}")
         return 1

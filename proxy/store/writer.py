@@ -115,6 +115,11 @@ class StoreWriter:
         self.busy_timeout_ms = busy_timeout_ms
         self._queue: asyncio.Queue[Record] = asyncio.Queue(maxsize=queue_size)
         self._task: asyncio.Task[None] | None = None
+        # What /healthz and /readyz report (wall-clock seconds; None: never yet).
+        self.last_write_ok_at: float | None = None
+        self.last_error: str | None = None  # the last failed (or retried) write, in short
+        self.last_error_at: float | None = None
+        self.last_dropped_at: float | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="tracer-store-writer")
@@ -124,6 +129,7 @@ class StoreWriter:
         try:
             self._queue.put_nowait(record)
         except asyncio.QueueFull:
+            self.last_dropped_at = time.time()
             if self.on_dropped is not None:
                 self.on_dropped(record)
             return False
@@ -132,6 +138,17 @@ class StoreWriter:
     @property
     def pending(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def full(self) -> bool:
+        return self._queue.full()
+
+    @property
+    def failing(self) -> bool:
+        """The last write attempt failed (or is being retried) and none succeeded since."""
+        return self.last_error_at is not None and (
+            self.last_write_ok_at is None or self.last_error_at > self.last_write_ok_at
+        )
 
     async def _run(self) -> None:
         while True:
@@ -158,6 +175,7 @@ class StoreWriter:
             try:
                 await self._insert(batch)
             except Exception as exc:
+                self.last_error, self.last_error_at = f"{type(exc).__name__}: {exc}", time.time()
                 if _transient(exc) and time.monotonic() + delay < deadline:
                     log.warning("store busy (%s); retrying %d records in %.2f s",
                                 type(exc).__name__, len(batch), delay)  # fmt: skip
@@ -171,6 +189,7 @@ class StoreWriter:
                     return
                 log.error("store write failed; 1 %s record lost: %s",
                           type(batch[0]).__name__, exc)  # fmt: skip
+                self.last_dropped_at = time.time()
                 if self.on_dropped is not None:
                     self.on_dropped(batch[0])
                 return

@@ -37,9 +37,10 @@ def test_refuses_on_random_labels(tmp_path: Path) -> None:
     result = fit(random_labels(600), out, **FAST)
     assert result.status == "refused"
     refusal = result.manifest["refusal"]
-    assert refusal["code"] in {"no_threshold", "coverage_below_minimum"}
-    assert "calibration" in refusal["reason"] or "minimum" in refusal["reason"]
-    assert "best_empirical_coverage" in refusal and "overall_agreement" in refusal
+    # Nothing certifies even on validation, so calibration is never tested: no delta spent.
+    assert refusal["code"] == "nothing_to_certify"
+    assert "spent none of delta" in refusal["reason"]
+    assert result.manifest["delta_spent"] == 0.0
     # A refusal ships no model: its manifest, and a report that says why.
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "report.html", "report.json"]
     with pytest.raises(ArtifactRefused) as info:
@@ -181,13 +182,13 @@ def test_an_error_inside_a_fit_is_a_recorded_failure(
 ) -> None:
     """A bug or bad data mid-fit writes a `failed` manifest with the reason; the CLI says
     it in one line and exits 4, with no traceback."""
-    import training.gate as fit_module
+    import training.stages as fit_module
     from training.cli import fit_command
 
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("ONNX export disagrees with sklearn")
 
-    monkeypatch.setattr(fit_module, "calibrate", broken)
+    monkeypatch.setattr(fit_module, "embed_splits", broken)
     traces = tmp_path / "traces.jsonl"
     write_traces(traces, separable(60, seed=2))
     out = tmp_path / "m"
