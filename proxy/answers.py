@@ -34,6 +34,7 @@ class Answer:
     tool_calls: list[dict[str, Any]] | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    model: str | None = None  # the model its answer names (a dated snapshot, often)
 
     def message(self) -> dict[str, Any]:
         """The assistant message as OpenAI shapes it (for traces and canonical answers)."""
@@ -104,10 +105,12 @@ class Completion:
     def answer(self) -> Answer:
         message = self.data["choices"][0]["message"]
         content = message.get("content")
+        model = self.data.get("model")
         return Answer(
             content if isinstance(content, str) else None,
             _tool_calls(message.get("tool_calls")),
             *_usage(self.data.get("usage")),
+            model if isinstance(model, str) else None,
         )
 
 
@@ -123,6 +126,7 @@ class CompletionStream:
     _parts: list[str] = field(default_factory=list)
     _calls: dict[int, dict[str, Any]] = field(default_factory=dict)
     _usage: tuple[int | None, int | None] = (None, None)
+    _model: str | None = None
     _finished: bool = False
     _done: bool = False
 
@@ -173,6 +177,8 @@ class CompletionStream:
                 self._delta(choice.get("delta") or {})
         if data.get("usage"):
             self._usage = _usage(data["usage"])
+        if isinstance(data.get("model"), str):
+            self._model = data["model"]
 
     def _delta(self, delta: dict[str, Any]) -> None:
         piece = delta.get("content")
@@ -199,4 +205,4 @@ class CompletionStream:
             for _, c in sorted(self._calls.items())
         ]
         content = "".join(self._parts) if self._parts or not calls else None
-        return Answer(content, calls or None, *self._usage)
+        return Answer(content, calls or None, *self._usage, self._model)

@@ -52,3 +52,9 @@ class Ledger:
         full_cost = self.mean_teacher_cost(task)
         if full_cost is not None and cost_usd is not None:
             self.metrics.cost_saved.labels(task).inc(max(0.0, full_cost - cost_usd))
+
+    def lane_answered(self, task: str, cost_usd: float | None) -> None:
+        """A request a lane model answered: the teacher's mean cost, less the lane's."""
+        full_cost = self.mean_teacher_cost(task)
+        if full_cost is not None:
+            self.metrics.cost_saved.labels(task).inc(max(0.0, full_cost - (cost_usd or 0.0)))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -31,6 +32,7 @@ from router.stats import cp_lower
 from . import store
 from .config import Config, TaskConfig
 from .evidence import EDetector, agreement_test, shift_test
+from .lanes import TaskLanes
 from .metrics import Metrics
 
 log = logging.getLogger("tracer.monitor")
@@ -145,9 +147,16 @@ class TaskMonitor:
 class Monitor:
     """The live checks of every task, fed from the store's audits and decisions."""
 
-    def __init__(self, config: Config, engine: AsyncEngine, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        engine: AsyncEngine,
+        metrics: Metrics,
+        lanes: Mapping[str, TaskLanes] | None = None,
+    ) -> None:
         self.engine = engine
         self.tasks = {t.name: TaskMonitor(t, metrics) for t in config.tasks}
+        self.lanes = dict(lanes or {})
         self._audit_id: dict[str, int] = {}
         self._decision_id: dict[str, int] = {}
 
@@ -161,21 +170,28 @@ class Monitor:
     def serve(self, task: str, version: str, expected_ood: float) -> None:
         """A swap: the version's checks are rebuilt from the store at the next poll."""
         self.tasks[task].serve(version, expected_ood)
-        self._audit_id[task] = 0  # its audits so far (after a restart) count too
+        if task not in self.lanes:  # (lane checks, read in order once, are kept across swaps)
+            self._audit_id[task] = 0  # its audits so far (after a restart) count too
 
     async def poll(self) -> None:
         for name, monitor in self.tasks.items():
-            if monitor.check is None:
+            if monitor.check is None and name not in self.lanes:
                 continue
             await self._read_audits(name, monitor)
-            await self._read_decisions(name, monitor)
+            if monitor.check is not None:
+                await self._read_decisions(name, monitor)
 
     async def _read_audits(self, name: str, monitor: TaskMonitor) -> None:
         while True:
             rows = await store.audits_after(self.engine, name, self._audit_id.get(name, 0))
-            for row_id, version, lane, _cluster, agrees, _kind in rows:
+            lanes = self.lanes.get(name)
+            for row_id, version, lane, cluster, agrees, kind, text in rows:
                 if lane == "surrogate":
                     monitor.add_audit(version, agrees)
+                elif lanes is not None and kind == "shadow":
+                    lanes.add_check(lane, text or "", agrees)
+                elif lanes is not None:
+                    lanes.add_audit(lane, cluster, text or "", agrees)
                 self._audit_id[name] = row_id
             if len(rows) < 10_000:
                 return

@@ -17,17 +17,27 @@ from router import Decision as Prediction
 from router.tools import MESSAGE, ToolPlan
 
 from .config import TaskConfig
+from .lanes import TaskLanes
 from .metrics import Metrics
 from .models import LiveModel, LiveModels
 from .monitor import Monitor
+from .store import Decision as DecisionRecord
 from .tool_calls import offered_tool, tool_ineligible, valid_arguments
 
 DecisionKind = Literal["handled", "deferred", "teacher", "passthrough"]
 SURROGATE, TEACHER = "surrogate", "teacher"
 
 
-def ineligible(body: Mapping[str, Any]) -> str | None:
-    """Why the surrogate cannot honour this request as asked, if it cannot."""
+def ineligible(body: Mapping[str, Any], output_format: str = "text") -> str | None:
+    """Why the surrogate cannot honour this request as asked, if it cannot.
+
+    A `response_format` other than text is honoured only where every local answer is
+    already what it asks for: `json_object` on a task whose answers are JSON objects.
+    """
+    asked = body.get("response_format")
+    kind = asked.get("type") if isinstance(asked, dict) else None
+    if kind not in (None, "text") and not (kind == "json_object" and output_format == "json"):
+        return f"response_format {kind} asks for a form the local answer does not promise"
     if body.get("n") not in (None, 1):
         return "n > 1 asks for several samples"
     if body.get("logprobs") or body.get("top_logprobs"):
@@ -36,6 +46,15 @@ def ineligible(body: Mapping[str, Any]) -> str | None:
         if body.get(key):
             return f"`{key}` is set"
     return None
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """Shadow mode: what the model would have done with a request the teacher answers."""
+
+    would: Literal["handled", "deferred"]
+    answer: str | None  # the local answer it would have given (as `answer_key` writes it)
+    by_label: bool = False  # compare labels, not whole answers (/v1/classify on a tool task)
 
 
 @dataclass(frozen=True)
@@ -48,6 +67,14 @@ class Route:
     live: LiveModel | None = None
     prediction: Prediction | None = None
     tool: ToolPlan | None = None  # a tool task: the whole call, or the tool to narrow to
+    sampled: bool = False  # drawn at the sampling rate: its teacher answer samples the traffic
+    audit_lane: str | None = None  # routed to this lane, sampled for the teacher instead
+    shadow: Shadow | None = None
+
+    @property
+    def by_lane(self) -> bool:
+        """A lane model is to answer (not the surrogate, the teacher, or a narrowed call)."""
+        return self.lane not in (SURROGATE, TEACHER) and self.tool is None
 
     @property
     def narrowed(self) -> bool:
@@ -69,11 +96,34 @@ class Route:
     def handled(self) -> bool:
         return self.decision == "handled"
 
+    def record(
+        self, task: str, text: str, latency_ms: float, label: str | None,
+        reason: str | None = None, shadow_agrees: bool | None = None,
+    ) -> DecisionRecord:  # fmt: skip
+        """The decisions-table row of this request, answered with `label`."""
+        prediction = self.prediction
+        return DecisionRecord(
+            task=task,
+            decision=self.decision,
+            reason=self.reason if reason is None else reason,
+            label=label,
+            accept_score=self.score,
+            model_version=self.version,
+            latency_ms=latency_ms,
+            lane=self.lane,
+            ood=prediction.ood if prediction is not None else None,
+            cluster=prediction.cluster if prediction is not None else None,
+            input=text,
+            shadow=self.shadow.would if self.shadow is not None else None,
+            shadow_agrees=shadow_agrees,
+        )
+
     @property
     def consulted_model(self) -> bool:
         """The served model judged the request, so a teacher answer to it is one of the
-        model's hard cases unless drawn at the sampling rate (`SamplingPolicy.source`)."""
-        return self.prediction is not None
+        model's hard cases unless drawn at the sampling rate (`SamplingPolicy.source`).
+        In shadow mode the teacher answers everything: the model routed nothing."""
+        return self.prediction is not None and self.shadow is None
 
     def headers(self) -> dict[str, str]:
         headers = {
@@ -85,6 +135,8 @@ class Route:
             headers["x-tracer-accept-score"] = f"{self.score:.6f}"
         if self.version is not None:
             headers["x-tracer-model-version"] = self.version
+        if self.shadow is not None:
+            headers["x-tracer-shadow"] = self.shadow.would
         if self.narrowed:
             assert self.tool is not None
             headers["x-tracer-narrowed-to"] = self.tool.name
@@ -95,6 +147,8 @@ class Route:
         field: dict[str, Any] = {}
         if self.tool is not None and self.narrowed:
             field["narrowed_to"] = self.tool.name
+        if self.shadow is not None:
+            field["shadow"] = self.shadow.would
         return field | {
             "decision": self.decision,
             "lane": self.lane,
@@ -110,6 +164,17 @@ def _header_safe(text: str) -> str:
     return text[:300].encode("latin-1", "backslashreplace").decode("latin-1").replace("\n", " ")
 
 
+def shadowed(route: Route, answer: str | None, by_label: bool = False) -> Route:
+    """Shadow mode: the teacher answers; the route keeps what the model would have done
+    (its prediction, and `answer`, the local answer it would have given)."""
+    if route.decision == "teacher":
+        return route  # no model, or a fallback: the teacher would have answered anyway
+    would: Literal["handled", "deferred"] = "handled" if route.handled else "deferred"
+    reason = f"shadow mode: the model would have {would} this ({route.reason})"
+    shadow = Shadow(would, answer if route.handled else None, by_label)
+    return Route("teacher", reason, TEACHER, route.live, route.prediction, shadow=shadow)
+
+
 def passthrough(reason: str) -> Route:
     return Route("passthrough", reason)
 
@@ -117,10 +182,17 @@ def passthrough(reason: str) -> Route:
 class Decider:
     """Decides a task request's route from the served model and the live checks."""
 
-    def __init__(self, models: LiveModels, monitor: Monitor, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        models: LiveModels,
+        monitor: Monitor,
+        metrics: Metrics,
+        lanes: Mapping[str, TaskLanes] | None = None,
+    ) -> None:
         self.models = models
         self.monitor = monitor
         self.metrics = metrics
+        self.lanes = dict(lanes or {})
 
     async def decide(self, task: TaskConfig, body: Mapping[str, Any], text: str) -> Route:
         live = self.models.get(task.name)
@@ -129,7 +201,9 @@ class Decider:
         fallback = self.monitor.fallback_reason(task.name)
         if fallback is not None:
             return Route("teacher", f"fallback: {fallback}")
-        why_not = tool_ineligible(body) if task.kind == "tools" else ineligible(body)
+        why_not = (
+            tool_ineligible(body) if task.kind == "tools" else ineligible(body, task.output.format)
+        )
         if why_not is not None:
             return Route("deferred", f"deferred: {why_not}", TEACHER, live)
         prediction = await live.predict(text)
@@ -139,6 +213,12 @@ class Decider:
             return Route("handled", prediction.reason, SURROGATE, live, prediction)
         if prediction.ood:
             self.metrics.ood.labels(task.name).inc()
+            return Route("deferred", prediction.reason, TEACHER, live, prediction)
+        lanes = self.lanes.get(task.name)
+        lane = lanes.choose(prediction.cluster) if lanes is not None else None
+        if lane is not None:
+            reason = f"{prediction.reason}; lane {lane} is certified for this cluster"
+            return Route("deferred", reason, lane, live, prediction)
         return Route("deferred", prediction.reason, TEACHER, live, prediction)
 
     def _tool_route(

@@ -18,14 +18,17 @@ from typing import Any
 from . import store
 from .audit import Auditor
 from .config import Config
+from .lane_calls import LaneCalls
+from .lanes import TaskLanes, lane_prices
 from .ledger import Ledger
 from .metrics import Metrics
-from .models import LiveModel, LiveModels, ModelStore
+from .models import LiveModel, LiveModels
 from .monitor import Monitor
 from .promotion import Promotion
 from .refit import POLL_S, RefitLoop
 from .routing import Decider
 from .sampling import SamplingPolicy
+from .shared_models import model_store
 from .tasks import TaskMatcher
 from .teacher import Teacher
 from .upstream import Upstream
@@ -47,12 +50,17 @@ class ProxyState:
             self.engine, config.store.queue_size, on_stored=self._stored, on_dropped=self._dropped
         )
         self.ledger = Ledger(self.metrics)
-        self.monitor = Monitor(config, self.engine, self.metrics)
+        self.lanes = {t.name: TaskLanes(t, lane_prices(config, t)) for t in config.tasks if t.lanes}
+        self.monitor = Monitor(config, self.engine, self.metrics, self.lanes)
         self.sampling = SamplingPolicy(config, self.engine, self.metrics, self.monitor)
         task_names = [t.name for t in config.tasks]
-        self.models = LiveModels(ModelStore(config.artifacts.dir), task_names, self._swapped)
-        self.decider = Decider(self.models, self.monitor, self.metrics)
+        models = model_store(config.artifacts.dir, config.store.url)  # versions in the store
+        self.models = LiveModels(models, task_names, self._swapped)
+        self.decider = Decider(self.models, self.monitor, self.metrics, self.lanes)
         self.teacher = Teacher(self.upstream, self.writer, self.metrics, self.sampling)
+        self.lane_calls = LaneCalls(
+            self.lanes, self.upstream, self.teacher, self.writer, self.metrics
+        )
         self.auditor = Auditor(self.teacher, self.writer, self.metrics)
         self.refits = RefitLoop(config, self.engine, self.models, self.metrics, self.monitor)
         self.promotion = Promotion(self.engine, self.models, self.metrics, self.monitor)
@@ -71,7 +79,7 @@ class ProxyState:
     # -- callbacks ------------------------------------------------------------------------
     def _swapped(self, task: str, old: LiveModel | None, new: LiveModel) -> None:
         if old is not None:
-            self.metrics.model_info.remove(task, old.version)
+            self.metrics.forget(self.metrics.model_info, task, old.version)
         self.metrics.model_info.labels(task, new.version).set(1)
         cal = new.manifest.calibration
         self.monitor.serve(task, new.version, cal.ood_share if cal is not None else 0.0)
@@ -88,6 +96,10 @@ class ProxyState:
                     self.sampling.stored(task, record.source)
                 if record.source != "narrowed":
                     self.ledger.teacher_call(record.task, record.cost_usd, record.prompt_tokens)
+                if record.cost_usd is not None:
+                    teacher = task is None or record.model == task.teacher
+                    lane = "teacher" if teacher else record.model
+                    self.metrics.lane_cost.labels(record.task, lane).inc(record.cost_usd)
 
     def _dropped(self, record: store.Record) -> None:
         table = {store.Trace: "traces", store.Decision: "decisions"}.get(type(record), "audits")
@@ -119,6 +131,21 @@ class ProxyState:
             await self.monitor.poll()
             for task in self.config.tasks:
                 await self.promotion.check(task)
+            for name, lanes in self.lanes.items():
+                await self._recertify(name, lanes)
+
+    async def _recertify(self, task: str, lanes: TaskLanes) -> None:
+        """A lane round when one is due, its checks clustered by the served version."""
+        live = self.models.get(task)
+        if live is None or not lanes.due(live.version):
+            return
+        router = live.router
+
+        def assign(texts: list[str]) -> list[int | None]:
+            decisions = router.predict_batch(texts)
+            return [None if d.handled or d.ood else d.cluster for d in decisions]
+
+        await asyncio.to_thread(lanes.recertify, live.version, assign)
 
     async def _every(self, step: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -136,6 +163,8 @@ class ProxyState:
             with contextlib.suppress(asyncio.CancelledError):
                 await loop
         await self.auditor.stop()
+        await self.lane_calls.stop()
         await self.writer.close()
         await self.upstream.close()
         await self.engine.dispose()
+        await asyncio.to_thread(self.models.store.close)

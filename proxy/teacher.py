@@ -8,28 +8,31 @@ the stream with an `error` event. Only a complete answer becomes a trace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from router.chat import parse_label
+from router.chat import parse_label, same_answer
 from router.tools import call_json, tool_label
 from router.traces import Source
 
 from . import store
 from .answers import Answer, Completion, CompletionStream
+from .body_field import Field, splice, splice_stream
 from .config import ModelEntry, TaskConfig
 from .errors import UpstreamError
 from .exchange import Exchange
 from .local import SSE_HEADERS
 from .metrics import Metrics
+from .pricing import call_cost
 from .routing import Route
 from .sampling import SamplingPolicy
-from .upstream import Upstream, cost_of
+from .upstream import Upstream
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,14 @@ def answer_key(task: TaskConfig, said: Answer) -> str | None:
 
 
 OnAnswer = Callable[[TeacherAnswer], None]
+FieldOf = Callable[[Answer], Field]
+
+
+async def _prepend(first: bytes | None, stream: CompletionStream) -> AsyncGenerator[bytes, None]:
+    if first is not None:
+        yield first
+    async for chunk in stream:
+        yield chunk
 
 
 class Teacher:
@@ -69,6 +80,16 @@ class Teacher:
         self.writer = writer
         self.metrics = metrics
         self.sampling = sampling
+        self._models_seen: dict[str, str] = {}  # task -> the model its teacher's answers name
+
+    def model_name(self, task: TaskConfig) -> str:
+        """The `model` of every answer to a task, local or not: what the teacher's own
+        answers say (a client sees the same field whoever answered), or before any, the
+        teacher's model as configured."""
+        seen = self._models_seen.get(task.name)
+        if seen is not None:
+            return seen
+        return self.entry(task).litellm_params.model.split("/", 1)[-1]
 
     def entry(self, task: TaskConfig) -> ModelEntry:
         entry = self.upstream.entry(task.teacher)
@@ -98,8 +119,10 @@ class Teacher:
         decision: str,
         on_answer: OnAnswer | None = None,
         headers: Mapping[str, str] | None = None,
+        field: FieldOf | None = None,
     ) -> Response:
-        """Relay a request to `entry` and its answer back; `on_answer` gets a whole answer."""
+        """Relay a request to `entry` and its answer back; `on_answer` gets a whole answer,
+        and `field` makes the answer's `tracer` field (`body_field`) from it."""
         started = time.perf_counter()
         try:
             result = await self.upstream.complete(entry, body)
@@ -109,7 +132,10 @@ class Teacher:
                 if on_answer is not None:
                     on_answer(TeacherAnswer(result.answer(), seconds))
                 exchange.finish(decision)
-                return Response(result.body, media_type="application/json", headers=headers)
+                content = result.body
+                if field is not None:
+                    content = splice(content, field(result.answer()))
+                return Response(content, media_type="application/json", headers=headers)
             # Wait for the first bytes before committing to a 200, so that an upstream that
             # fails or times out before answering still gets its proper status code.
             stream: CompletionStream = result
@@ -120,7 +146,7 @@ class Teacher:
             return err.response()
         except StopAsyncIteration:
             first = None
-        events = self._relay(exchange, first, stream, started, decision, on_answer)
+        events = self._relay(exchange, first, stream, started, decision, on_answer, field)
         return StreamingResponse(
             events, media_type="text/event-stream", headers={**SSE_HEADERS, **(headers or {})}
         )
@@ -133,13 +159,16 @@ class Teacher:
         started: float,
         decision: str,
         on_answer: OnAnswer | None,
+        field: FieldOf | None,
     ) -> AsyncIterator[bytes]:
         outcome = "error"
+        source = _prepend(first, stream)
+        if field is not None:
+            source = splice_stream(source, lambda: field(stream.answer()))
         try:
-            if first is not None:
-                yield first
-            async for chunk in stream:
-                yield chunk
+            async with contextlib.aclosing(source) as chunks:
+                async for chunk in chunks:
+                    yield chunk
             seconds = time.perf_counter() - started
             self.metrics.upstream_latency.labels(exchange.task_label).observe(seconds)
             if on_answer is not None:
@@ -165,7 +194,6 @@ class Teacher:
         said = answer.answer
         label = label_of(task, said)
         entry = entry or self.entry(task)
-        model = entry.litellm_params.model
         self.writer.submit(
             store.Trace(
                 task=task.name,
@@ -176,7 +204,7 @@ class Teacher:
                 latency_ms=answer.seconds * 1000.0,
                 prompt_tokens=said.prompt_tokens,
                 completion_tokens=said.completion_tokens,
-                cost_usd=cost_of(model, said.prompt_tokens, said.completion_tokens),
+                cost_usd=call_cost(entry, said.prompt_tokens, said.completion_tokens),
                 source=source,
             )
         )
@@ -186,28 +214,46 @@ class Teacher:
         self, exchange: Exchange, task: TaskConfig, text: str, route: Route, answer: TeacherAnswer
     ) -> str | None:
         """A request the teacher answered: its trace and its decision; the label."""
-        source = self.sampling.source(task, route.consulted_model)
+        if answer.answer.model is not None:
+            self._models_seen[task.name] = answer.answer.model
+        source = "explore" if route.sampled else self.sampling.source(task, route.consulted_model)
         label = self.store_trace(task, text, answer, source)
-        self.record(exchange, task, text, route, label)
+        self.record(exchange, task, text, route, label, self._shadow_agrees(task, route, answer))
         return label
 
+    def _shadow_agrees(self, task: TaskConfig, route: Route, answer: TeacherAnswer) -> bool | None:
+        """Shadow mode: would the local answer have been the teacher's? (None: no local one)"""
+        shadow = route.shadow
+        if shadow is None:
+            return None
+        self.metrics.shadow_requests.labels(task.name, shadow.would).inc()
+        if shadow.answer is None:
+            return None
+        said = answer.answer
+        cost = call_cost(self.entry(task), said.prompt_tokens, said.completion_tokens)
+        if cost is not None:
+            self.metrics.shadow_savable.labels(task.name).inc(cost)
+        if shadow.by_label:
+            agrees = shadow.answer == label_of(task, answer.answer)
+        else:
+            theirs = answer_key(task, answer.answer)
+            fmt = task.output.format if task.kind == "classify" else "json"
+            agrees = theirs is not None and same_answer(shadow.answer, theirs, fmt)
+        self.metrics.shadow_checks.labels(task.name, "agree" if agrees else "disagree").inc()
+        return agrees
+
     def record(
-        self, exchange: Exchange, task: TaskConfig, text: str, route: Route, label: str | None
+        self,
+        exchange: Exchange,
+        task: TaskConfig,
+        text: str,
+        route: Route,
+        label: str | None,
+        shadow_agrees: bool | None = None,
     ) -> None:
         """The decisions-table row of a request answered upstream."""
         reason = route.reason if label is not None else f"{route.reason}; answer not a valid label"
+        self.metrics.lane_requests.labels(task.name, route.lane).inc()
         self.writer.submit(
-            store.Decision(
-                task=task.name,
-                decision=route.decision,
-                reason=reason,
-                label=label,
-                accept_score=route.score,
-                model_version=route.version,
-                latency_ms=exchange.elapsed_ms(),
-                lane=route.lane,
-                ood=route.prediction.ood if route.prediction is not None else None,
-                cluster=route.prediction.cluster if route.prediction is not None else None,
-                input=text,
-            )
+            route.record(task.name, text, exchange.elapsed_ms(), label, reason, shadow_agrees)
         )

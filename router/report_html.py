@@ -1,6 +1,8 @@
 """Render a routing report (the dict `training.report.build_report` makes) as one HTML file.
 
-Self-contained: inline CSS and SVG, no script, no CDN, so it opens offline and can
+It lives with the serving contracts because both wings render it: the trainer when a
+fit ends, the proxy when it adds live figures (the lanes' certificates) to the served
+version's report. Self-contained: inline CSS and SVG, no script, no CDN, so it opens offline and can
 be mailed around. Every string that comes from traces or labels goes through
 `html.escape`: trace text is user input, and a report must never run it.
 """
@@ -189,9 +191,34 @@ def _clusters(clusters: Sequence[dict[str, Any]]) -> str:
         ("#", 11), ("decision", 8), ("size (share)", 8), ("top labels", 19),
         ("coverage", 10), ("agreement", 10), ("examples", 34),
     ]  # fmt: skip
+    if any("lanes" in c for c in clusters):
+        for row, c in zip(rows, clusters, strict=True):
+            row.append(_lanes(c))
+        columns = [(h, w - 2 if h in ("top labels", "examples") else w) for h, w in columns]
+        columns[-1] = ("examples", 24)
+        columns.append(("deferred answers: each lane (live)", 14))
     cols = "".join(f'<col style="width:{w}%">' for _, w in columns)
     head = "".join(f"<th>{h}</th>" for h, _ in columns)
     return f"<table><colgroup>{cols}</colgroup><tr>{head}</tr>{_rows(rows)}</table>"
+
+
+def _lanes(card: dict[str, Any]) -> str:
+    """Where the cluster's deferred requests go, and each lane's live agreement there."""
+    chosen = f"<b>{esc(card.get('deferred_to') or 'teacher')}</b>"
+    lines = [f"→ {chosen}"]
+    for lane in card.get("lanes") or []:
+        state = "serving" if lane.get("serving") else (
+            "demoted" if lane.get("demoted") else
+            "certified" if lane.get("certified") else "not certified"
+        )  # fmt: skip
+        cost = lane.get("usd_per_1000_calls")
+        price = f", ${cost:.2f}/1k calls" if isinstance(cost, int | float) else ""
+        lines.append(
+            f"<div class='ex'>{esc(lane.get('lane'))}: {num(lane.get('agreement'))} "
+            f"<span class='muted'>{interval(lane.get('interval'))} on {esc(lane.get('checks'))}"
+            f"{price}; {state}</span></div>"
+        )
+    return "".join(lines)
 
 
 def _pairs(pairs: Sequence[dict[str, Any]]) -> str:
@@ -227,6 +254,36 @@ def _disagreements(cards: Sequence[dict[str, Any]]) -> str:
     return f"<table>{head}{_rows(rows)}</table>"
 
 
+def _tools(figures: Any) -> str:
+    """A tool task's held-out figures: whole calls, narrowed names, and each argument."""
+    if not isinstance(figures, dict):
+        return ""
+    rows = []
+    for tool, f in sorted((figures.get("by_tool") or {}).items()):
+        n = max(int(f.get("n", 0)), 1)
+        whole = int(f.get("whole", 0))
+        params = ", ".join(
+            f"{esc(name)} {pct(p.get('agreement'))}"
+            for name, p in (f.get("parameters") or {}).items()
+        )
+        rows.append(
+            f"<tr><td>{esc(tool)}</td><td>{f.get('n', 0)}</td><td>{pct(whole / n)}</td>"
+            f"<td>{pct(f.get('whole_agree', 0) / whole) if whole else 'n/a'}</td>"
+            f"<td>{pct(int(f.get('narrowed', 0)) / n)}</td><td class='ex'>{params}</td></tr>"
+        )
+    head = (
+        "<tr><th>tool</th><th>test calls</th><th>whole calls</th><th>whole-call agreement</th>"
+        "<th>narrowed (name only)</th><th>argument agreement by parameter</th></tr>"
+    )
+    return (
+        "<section><h2>Tool calls</h2>"
+        f'<p class="muted">On the test split: whole calls answered locally '
+        f"{pct(figures.get('whole_coverage'))} (agreement {num(figures.get('whole_agreement'))}), "
+        f"narrowed to their tool {pct(figures.get('narrowed_coverage'))}.</p>"
+        f"<table>{head}{''.join(rows)}</table></section>"
+    )
+
+
 def render_html(report: dict[str, Any]) -> str:
     """The whole page; `report` follows the structure `build_report` documents."""
     title = f"TRACER report: {report.get('task') or 'task'} {report.get('version') or ''}".strip()
@@ -253,6 +310,7 @@ def render_html(report: dict[str, Any]) -> str:
         "<section><h2>Boundary pairs</h2>"
         '<p class="muted">A handled input and its nearest deferred neighbour: where the line runs.</p>'
         f"{_pairs(report.get('boundary_pairs', []))}</section>",
+        _tools(report.get("tools")),
         "<section><h2>Disagreements</h2>"
         "<p class=\"muted\">Inputs where the surrogate's label differs from the teacher's, "
         "by label pair.</p>"

@@ -28,13 +28,13 @@ from sklearn.preprocessing import normalize
 
 from router import ArtifactError, ArtifactRefused, Router
 from router.manifest import read_manifest
+from router.report_html import render_html
 from router.stats import cp_interval
 from router.traces import Trace
 
 from .answers import agreement_mask
 from .bound import calibrate
 from .clusters import kmeans_by_silhouette
-from .report_html import render_html
 from .traces import load_traces
 
 HELDOUT_FILE = "heldout.jsonl"
@@ -134,6 +134,9 @@ def build_report(
     if not manifest.deployed:
         report["refusal"] = manifest.raw.get("refusal")
         return report
+    tools = manifest.raw.get("tools")
+    if isinstance(tools, dict):  # a tool task: whole calls and narrowed names, by tool
+        report["tools"] = tools.get("test")
     try:
         router = Router.load(directory)
     except ArtifactRefused as exc:

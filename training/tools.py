@@ -141,23 +141,31 @@ def _whole(
     return np.array(scores, dtype=np.float64), np.array(correct, dtype=bool)
 
 
+def _parameters(pairs: list[tuple[Trace, Any]]) -> dict[str, dict[str, float | int]]:
+    """Per parameter, over calls whose tool was right: how often the extracted value (or
+    its absence) is the teacher's."""
+    counts: dict[str, list[int]] = {}
+    for trace, plan in pairs:
+        call = single_call(trace)
+        if call is None:
+            continue
+        theirs, ours = call[1], plan.arguments or {}
+        for name in set(theirs) | set(ours):
+            right, n = counts.setdefault(name, [0, 0])
+            counts[name] = [right + (theirs.get(name) == ours.get(name)), n + 1]
+    return {name: {"agreement": r / n, "n": n} for name, (r, n) in sorted(counts.items())}
+
+
 def _test(
     caller: ToolCaller, pipe: Pipeline, traces: list[Trace], name_threshold: float
 ) -> dict[str, Any]:
     """Held-out figures: whole calls and narrowed names, overall and by tool."""
     rows = _plans(caller, pipe, traces, name_threshold)
     n = len(rows)
-    whole = [
-        (t, lab, p)
-        for t, (h, lab, p) in zip(traces, rows, strict=True)
-        if p is not None and p.kind == "whole"
-    ]
-    narrow = [
-        (t, lab)
-        for t, (h, lab, p) in zip(traces, rows, strict=True)
-        if p is not None and p.kind == "narrow"
-    ]
-    by_tool: dict[str, dict[str, int]] = {}
+    pairs = [(t, lab, p) for t, (_, lab, p) in zip(traces, rows, strict=True) if p is not None]
+    whole = [(t, lab, p) for t, lab, p in pairs if p.kind == "whole"]
+    narrow = [(t, lab) for t, lab, p in pairs if p.kind == "narrow"]
+    by_tool: dict[str, dict[str, Any]] = {}
     for t in traces:
         by_tool.setdefault(t.label, {"n": 0, "whole": 0, "whole_agree": 0, "narrowed": 0})["n"] += 1
     for t, lab, p in whole:
@@ -166,6 +174,14 @@ def _test(
     for t, _ in narrow:
         by_tool[t.label]["narrowed"] += 1
     agree = sum(whole_correct(t, lab, p.arguments) for t, lab, p in whole)
+    for tool, figures in by_tool.items():
+        figures["parameters"] = _parameters(
+            [
+                (t, p)
+                for t, lab, p in pairs
+                if t.label == tool and lab == tool and p.arguments is not None
+            ]
+        )
     return {
         "n": n,
         "whole_coverage": len(whole) / n if n else 0.0,

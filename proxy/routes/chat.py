@@ -18,18 +18,20 @@ from starlette.responses import Response
 
 from router.tools import MESSAGE, call_json, parse_arguments
 
-from .. import store
+from ..answers import Answer
+from ..body_field import splice
 from ..config import TaskConfig
 from ..errors import UpstreamError
 from ..exchange import Exchange
 from ..http import ClientError, read_json_object
+from ..lane_calls import LaneAnswer, LaneFailed
 from ..local import answer_text, completion, tool_call
-from ..routing import Route
+from ..pricing import call_cost
+from ..routing import TEACHER, Route, shadowed
 from ..state import ProxyState
 from ..tasks import task_input
-from ..teacher import TeacherAnswer
+from ..teacher import TeacherAnswer, label_of
 from ..tool_calls import narrowed_body, offered_tool
-from ..upstream import cost_of
 from ..validate import validate_chat
 
 log = logging.getLogger("tracer.proxy")
@@ -76,16 +78,66 @@ async def answer_task(
 ) -> Response:
     exchange = Exchange(state.metrics, task)
     route = await state.decider.decide(task, body, text)
+    if task.mode == "shadow":
+        route = shadowed(route, would_answer(task, route))
     if task.kind == "tools" and body.get("tools"):
         state.remember_tools(task.name, body["tools"])
     if route.handled:
         return answer_locally(state, exchange, task, route, body, text)
+    if route.narrowed and state.sampling.draw(task):
+        # A share goes whole to the teacher: a narrowed answer says nothing of which tool
+        # the teacher would choose, and refits need an unbiased sample of that.
+        reason = f"{route.reason}; sampled for the teacher instead"
+        route = replace(route, reason=reason, lane="teacher", tool=None, sampled=True)
     if route.narrowed:
         narrowed = await narrow(state, exchange, task, route, body, text)
         if narrowed is not None:
             return narrowed
         route = replace(route, reason=f"{route.reason}; the narrowed call failed", lane="teacher")
+    if route.by_lane:
+        route, answer = await try_lane(state, exchange, task, route, body, text)
+        if answer is not None:
+            return completion(answer.content, state.teacher.model_name(task), route, body)
     return await ask_teacher(state, exchange, task, route, body, text)
+
+
+async def try_lane(
+    state: ProxyState,
+    exchange: Exchange,
+    task: TaskConfig,
+    route: Route,
+    body: dict[str, Any],
+    text: str,
+) -> tuple[Route, LaneAnswer | None]:
+    """A request routed to a lane: the lane's answer (recorded), or the teacher's route.
+
+    A share, drawn at the sampling rate, goes to the teacher instead and the lane is
+    asked alongside: an audit of the lane that costs the client nothing.
+    """
+    if state.sampling.draw(task):
+        reason = f"{route.reason}; sampled for the teacher instead"
+        sampled = replace(route, reason=reason, lane=TEACHER, sampled=True, audit_lane=route.lane)
+        return sampled, None
+    try:
+        answer = await state.lane_calls.answer(task, route, body)
+    except LaneFailed as err:
+        reason = f"{route.reason}; {err}: the teacher answers"
+        return replace(route, reason=reason, lane=TEACHER), None
+    state.ledger.lane_answered(task.name, answer.cost_usd)
+    state.metrics.lane_requests.labels(task.name, route.lane).inc()
+    row = route.record(task.name, text, exchange.elapsed_ms(), answer.label)
+    state.writer.submit(replace(row, cost_usd=answer.cost_usd))
+    exchange.finish(route.decision)
+    return route, answer
+
+
+def would_answer(task: TaskConfig, route: Route) -> str | None:
+    """The local answer a handled route gives, as `teacher.answer_key` writes answers."""
+    if not route.handled or route.live is None or route.label is None:
+        return None
+    if task.kind == "tools":
+        return local_call_key(route) if route.tool is not None else None
+    return answer_text(task, route.live, route.label)
 
 
 def answer_locally(
@@ -100,11 +152,11 @@ def answer_locally(
     if route.tool is not None and route.tool.name != MESSAGE:
         arguments = route.tool.arguments or {}
         record_handled(state, exchange, task, route, body, text, local_call_key(route))
-        return tool_call(route.tool.name, arguments, body["model"], route, body)
+        return tool_call(route.tool.name, arguments, state.teacher.model_name(task), route, body)
     content = answer_text(task, route.live, route.label)
     key = local_call_key(route) if task.kind == "tools" else content
     record_handled(state, exchange, task, route, body, text, key)
-    return completion(content, body["model"], route, body)
+    return completion(content, state.teacher.model_name(task), route, body)
 
 
 def local_call_key(route: Route) -> str:
@@ -143,15 +195,16 @@ async def narrow(
     said = answer.answer
     state.ledger.narrowed(
         task.name, said.prompt_tokens,
-        cost_of(entry.litellm_params.model, said.prompt_tokens, said.completion_tokens),
+        call_cost(entry, said.prompt_tokens, said.completion_tokens),
     )  # fmt: skip
     state.teacher.record(exchange, task, text, route, route.tool.name)
     exchange.finish("deferred")
     if body.get("stream"):
         arguments = parse_arguments(calls[0]["function"]["arguments"]) or {}
-        return tool_call(route.tool.name, arguments, body["model"], route, body)
+        return tool_call(route.tool.name, arguments, state.teacher.model_name(task), route, body)
     assert answer.body is not None
-    return Response(answer.body, media_type="application/json", headers=route.headers())
+    content = splice(answer.body, route.body_field() | {"label": route.tool.name})
+    return Response(content, media_type="application/json", headers=route.headers())
 
 
 def record_handled(
@@ -174,22 +227,8 @@ def record_handled(
     )
     if not audited:
         state.ledger.avoided(task.name)  # an audited request did not avoid its teacher call
-    prediction = route.prediction
-    state.writer.submit(
-        store.Decision(
-            task=task.name,
-            decision="handled",
-            reason=route.reason,
-            label=route.label,
-            accept_score=route.score,
-            model_version=route.version,
-            latency_ms=exchange.elapsed_ms(),
-            lane=route.lane,
-            ood=prediction.ood if prediction is not None else None,
-            cluster=prediction.cluster if prediction is not None else None,
-            input=text,
-        )
-    )
+    state.metrics.lane_requests.labels(task.name, route.lane).inc()
+    state.writer.submit(route.record(task.name, text, exchange.elapsed_ms(), route.label))
     exchange.finish("handled")
 
 
@@ -202,7 +241,13 @@ async def ask_teacher(
     text: str,
 ) -> Response:
     def keep(answer: TeacherAnswer) -> None:
-        state.teacher.keep(exchange, task, text, route, answer)
+        label = state.teacher.keep(exchange, task, text, route, answer)
+        state.lane_calls.after_teacher(task, route, body, text, answer, label)
+
+    def field(said: Answer) -> dict[str, Any]:
+        return route.body_field() | {"label": label_of(task, said)}
 
     entry = state.teacher.entry(task)
-    return await state.teacher.forward(exchange, entry, body, route.decision, keep, route.headers())
+    return await state.teacher.forward(
+        exchange, entry, body, route.decision, keep, route.headers(), field
+    )

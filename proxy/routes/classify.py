@@ -16,9 +16,9 @@ from ..errors import UpstreamError
 from ..exchange import Exchange
 from ..http import ClientError, read_json_object
 from ..local import answer_text
-from ..routing import SURROGATE, Route
+from ..routing import SURROGATE, Route, shadowed
 from ..state import ProxyState
-from .chat import record_handled
+from .chat import record_handled, try_lane, would_answer
 
 
 async def classify(request: Request) -> Response:
@@ -52,6 +52,9 @@ async def classify(request: Request) -> Response:
         # The name is what this route answers, and the gate certified it.
         prediction = route.prediction
         route = Route("handled", prediction.reason, SURROGATE, route.live, prediction)
+    if task.mode == "shadow":
+        by_label = task.kind == "tools"
+        route = shadowed(route, route.label if by_label else would_answer(task, route), by_label)
     if route.handled:
         assert route.live is not None and route.label is not None
         if task.kind == "tools":
@@ -62,12 +65,17 @@ async def classify(request: Request) -> Response:
         model = f"{task.name}@{route.version}"
         label: str | None = route.label
     else:
+        if route.by_lane:
+            route, by_lane = await try_lane(state, exchange, task, route, chat, text)
+            if by_lane is not None:
+                return answered(by_lane.label, route, route.lane)
         try:
             answer = await state.teacher.ask(state.teacher.entry(task), chat, task.name)
         except UpstreamError as err:
             exchange.finish("error")
             return err.response()
         label = state.teacher.keep(exchange, task, text, route, answer)
+        state.lane_calls.after_teacher(task, route, chat, text, answer, label)
         if label is None:
             exchange.finish("error")
             return UpstreamError(
@@ -76,6 +84,10 @@ async def classify(request: Request) -> Response:
             ).response()  # fmt: skip
         exchange.finish(route.decision)
         model = task.teacher
+    return answered(label, route, model)
+
+
+def answered(label: str | None, route: Route, model: str) -> JSONResponse:
     return JSONResponse(
         {
             "label": label,

@@ -26,6 +26,11 @@ class Outcome:
     agrees: bool
     version: str | None = None
     error: str | None = None
+    lane: str | None = None  # who answered: surrogate, a lane's model_name, teacher
+
+    @property
+    def by_teacher(self) -> bool:
+        return self.decision in ("teacher", "deferred") and self.lane in (None, "teacher")
 
 
 def describe(exc: BaseException) -> str:
@@ -65,6 +70,7 @@ async def send_all(url: str, rows: Sequence[Row], s: Settings) -> list[Outcome]:
                     seconds,
                     content == label,  # exact: the promise is the teacher's answer, byte for byte
                     raw.headers.get("x-tracer-model-version"),
+                    lane=raw.headers.get("x-tracer-lane"),
                 )
             except Exception as exc:  # counted and reported, never silently dropped
                 seconds = time.perf_counter() - started

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -29,15 +28,21 @@ if TYPE_CHECKING:
     from ..state import ProxyState
 from ..refit import RefitOutcome
 from .clients import TASK, Outcome, Row, send_all
+from .data import DemoError, StreamDefaults, load_rows, stream_defaults
 
 TEACHER_MODEL = "openai/gpt-4o-mini"  # priced by LiteLLM's map; served by the simulated teacher
 HANDLED, TEACHER_SIDE = "handled", ("teacher", "deferred")
 
-__all__ = ["TASK", "Outcome", "Row", "send_all"]
-
-
-class DemoError(Exception):
-    """A problem the person running the demo can act on; printed without a traceback."""
+__all__ = [
+    "TASK",
+    "DemoError",
+    "Outcome",
+    "Row",
+    "StreamDefaults",
+    "load_rows",
+    "send_all",
+    "stream_defaults",
+]
 
 
 @dataclass
@@ -58,6 +63,10 @@ class Settings:
     step: int = 100
     port: int = 0
     timeout_s: float = 60.0
+    # A smaller model as the task's one lane: {label: share of its inputs answered wrong}
+    # (None: no lane), and per-call prices of teacher and lane (USD, `model_info`).
+    lane_noise: dict[str, float] | None = None
+    prices: tuple[float, float] | None = None
 
 
 @dataclass
@@ -84,7 +93,7 @@ class Day:
     @property
     def deferred(self) -> int:
         """Requests the teacher answered (no model, deferred, or a fallback)."""
-        return self._count(*TEACHER_SIDE)
+        return sum(o.by_teacher for o in self.outcomes)
 
     @property
     def teacher_calls(self) -> int:
@@ -123,29 +132,9 @@ def percentile(values: Sequence[float], q: float) -> float | None:
     return ordered[rank - 1]
 
 
-# -- data -----------------------------------------------------------------------------------
-def load_rows(data: str | None, n: int, seed: int = 0) -> list[Row]:
-    """``n`` labelled rows: the synthetic intents, or the train split of ``data``, shuffled."""
-    if data is None:
-        from .synthetic import make_intents
-
-        return make_intents(n, seed=seed)
-    path = Path(data)
-    if not path.exists():
-        raise DemoError(f"no data at {path} (give a data set folder or a .csv/.jsonl/.tsv file)")
-    from training.datasets import load_labelled
-
-    try:
-        rows = [(t, y) for t, y in load_labelled(path, "train") if t.strip() and y.strip()]
-    except (OSError, ValueError, KeyError) as exc:
-        raise DemoError(f"cannot read labelled data from {path}: {exc}") from None
-    if not rows:
-        raise DemoError(f"{path} holds no labelled rows")
-    random.Random(seed).shuffle(rows)  # files are often sorted by label
-    return rows[:n]
-
-
-def demo_config(teacher_url: str, workdir: Path, labels: Sequence[str], s: Settings) -> Config:
+def demo_config(
+    teacher_url: str, workdir: Path, labels: Sequence[str], s: Settings, lane_url: str | None = None
+) -> Config:
     raw: dict[str, Any] = {
         "model_list": [
             {
@@ -178,6 +167,14 @@ def demo_config(teacher_url: str, workdir: Path, labels: Sequence[str], s: Setti
         # steps of traffic; the background loop only reads evidence and settles candidates.
         "refit": {"min_new_traces": s.min_new_traces or s.per_day, "interval_seconds": 1e9},
     }
+    models = raw["model_list"]
+    if s.prices is not None:
+        models[0]["model_info"] = {"input_cost_per_request": s.prices[0]}
+    if lane_url is not None:
+        models.append({"model_name": "small", "model_info": {"input_cost_per_request": (
+            s.prices or (0.0, 0.0))[1]}, "litellm_params": {**models[0]["litellm_params"],
+            "model": "openai/small", "api_base": lane_url}})  # fmt: skip
+        raw["tasks"][0]["lanes"] = ["small"]
     return parse_config(raw, env={})
 
 
@@ -237,8 +234,12 @@ class Flywheel:
             teacher_url = teacher_cm.__enter__()
         except (OSError, RuntimeError) as exc:
             raise DemoError(f"could not start the simulated teacher: {exc}") from None
+        lane_cm = contextlib.nullcontext(None)
+        if s.lane_noise is not None:
+            lane = SimulatedTeacher(dict(rows), labels=labels, noise_by_label=s.lane_noise)
+            lane_cm = run_sim_teacher(lane)  # type: ignore[assignment]
         try:
-            config = demo_config(teacher_url, workdir, labels, s)
+            config = demo_config(teacher_url, workdir, labels, s, lane_cm.__enter__())
             app = create_app(config, refit=False)
             wrapped = _LoopCapture(app)
             try:
@@ -261,6 +262,7 @@ class Flywheel:
             finally:
                 proxy_cm.__exit__(None, None, None)
         finally:
+            lane_cm.__exit__(None, None, None)
             teacher_cm.__exit__(None, None, None)
 
     # -- one day ----------------------------------------------------------------------------
@@ -276,7 +278,7 @@ class Flywheel:
         for start in range(0, len(rows), step):
             outcomes = asyncio.run(send_all(self.url, rows[start : start + step], self.settings))
             result.outcomes += outcomes
-            self.answered += sum(o.decision in TEACHER_SIDE for o in outcomes)
+            self.answered += sum(o.by_teacher for o in outcomes)
             started = time.monotonic()
             fitted = self.tick()
             if fitted is not None:
@@ -363,6 +365,13 @@ class Flywheel:
     def teacher_cost(self) -> tuple[float, int]:
         """Total teacher cost (USD) of the traces stored so far, and how many were priced."""
         return self.state.ledger.teacher_totals(TASK)
+
+    def advice(self, version: str | None) -> str | None:
+        """A refused fit in plain words: what it means and what to do (training.advice)."""
+        from training.advice import advice_for_manifest
+
+        manifest = self.state.models.store.manifest(TASK, version) if version else None
+        return advice_for_manifest(manifest.raw, closed_labels=True) if manifest else None
 
     def refusal(self, version: str | None) -> str | None:
         """The parity gate's reason, with the best it reached, from a version's manifest."""

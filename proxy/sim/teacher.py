@@ -41,7 +41,7 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: 
 _CONFIG_KEYS = frozenset((
     "labels", "latency_s", "jitter_s", "error_rate", "error_status", "noise", "output_format",
     "json_field", "stream_chunk_chars", "chunk_delay_s", "require_key", "models", "fault",
-    "spellings", "tool_answers",
+    "spellings", "tool_answers", "noise_by_label",
 ))  # fmt: skip
 # Broken answers a real upstream or a proxy in front of it can send with a 200.
 FAULTS = ("non_json", "truncated", "no_choices", "stream_cut", "stream_no_done", "error_event")
@@ -128,6 +128,7 @@ class SimulatedTeacher:
         fault: str | None = None,
         spellings: Mapping[str, Sequence[str]] | None = None,
         tool_answers: Mapping[str, Any] | None = None,
+        noise_by_label: Mapping[str, float] | None = None,
     ) -> None:
         self.answers: dict[str, str] = {k.strip(): v for k, v in answers.items()}
         self.relabel: dict[str, str] = {}
@@ -142,6 +143,11 @@ class SimulatedTeacher:
         # of the input (so an input is always answered alike); default: the label itself.
         self.spellings = {k: list(v) for k, v in (spellings or {}).items()}
         self.tool_answers = dict(tool_answers or {})  # user text -> calls or a reply
+        # A smaller model's errors: {true label: share of its inputs answered wrongly}. Which
+        # inputs, and the wrong label, follow from a hash of the input and the seed, so a
+        # model errs on the same inputs every time it is asked (as one at temperature 0).
+        self.noise_by_label = dict(noise_by_label or {})
+        self.seed = seed
         self._rng = random.Random(seed)
         self._lock = threading.Lock()  # configure() runs on the caller's thread, not the loop's
         self._counts = _new_counts()
@@ -177,7 +183,7 @@ class SimulatedTeacher:
                 elif key == "relabel":
                     self.relabel.update(value)
                 elif key == "seed":
-                    self._rng = random.Random(value)
+                    self._rng, self.seed = random.Random(value), value
                 else:
                     setattr(self, key, list(value) if key in ("labels", "models") else value)
 
@@ -212,12 +218,21 @@ class SimulatedTeacher:
 
     def _pick_label(self, text: str) -> str:
         label = self.true_label(text)
+        if label in self.noise_by_label:
+            return self._fixed_error(text, label, self.noise_by_label[label])
         with self._lock:
             if self.noise <= 0 or self._rng.random() >= self.noise:
                 return label
             pool = self.labels or sorted(set(self.answers.values()))
             others = [x for x in pool if self.relabel.get(x, x) != label]
             return self._rng.choice(others) if others else f"not_{label}"
+
+    def _fixed_error(self, text: str, label: str, noise: float) -> str:
+        draw = _stable_hash(f"{self.seed}:{text.strip()}")
+        if (draw % 1_000_000) / 1_000_000 >= noise:
+            return label
+        pool = sorted(x for x in (self.labels or set(self.answers.values())) if x != label)
+        return pool[(draw // 1_000_000) % len(pool)] if pool else f"not_{label}"
 
     def _render(self, label: str) -> str:
         if self.output_format == "json":

@@ -101,12 +101,30 @@ def test_handled_answers_are_the_teachers_words(tmp_path, style, task):
         )
         with running_proxy(config) as base:
             client = openai.OpenAI(base_url=base, api_key="x", max_retries=0)
-            for text, _ in ROWS[:1100]:
+            taught = {
                 client.chat.completions.create(
                     model="intents", messages=[{"role": "user", "content": text}]
-                )
+                ).model
+                for text, _ in ROWS[:1100]
+            }
             wait_for_model(base)
             answers = handled_answers(client, ROWS[1100:1400])
+            # One `model` field whoever answered: the one the teacher's answers carry.
+            models: dict[str, set[str]] = {}
+            for text, _ in ROWS[1400:1460]:
+                raw = client.chat.completions.with_raw_response.create(
+                    model="intents", messages=[{"role": "user", "content": text}]
+                )
+                models.setdefault(raw.headers["x-tracer-lane"], set()).add(raw.parse().model)
+            # A response_format the local answer cannot promise is deferred.
+            raw = client.chat.completions.with_raw_response.create(
+                model="intents", messages=[{"role": "user", "content": ROWS[1400][0]}],
+                response_format={"type": "json_object"},
+            )  # fmt: skip
+            client.close()
+    assert taught == models["surrogate"] == {"teacher"}, (taught, models)
+    honoured = "response_format" not in raw.headers["x-tracer-reason"]
+    assert honoured == (style == "json"), raw.headers["x-tracer-reason"]
     assert len(answers) >= 20
     expected = {label: max(set(raws), key=raws.count) for label, raws in spellings.items()}
     for label, content in answers:

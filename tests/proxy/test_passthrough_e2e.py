@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -290,3 +291,34 @@ def test_everything_through_litellm_when_configured(teacher, tmp_path, stream):
             assert reply.choices[0].message.content == "card_arrival"
         rows = wait_for_rows(tmp_path / "t.db", "SELECT label FROM traces", 1)
     assert rows == [("card_arrival",)]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_teacher_answers_to_a_task_say_who_answered_in_the_body(teacher, proxy, stream):
+    """The teacher's bytes as sent, plus the `tracer` field a local answer carries."""
+    body = {"model": "banking-intent", "messages": QUESTION, "stream": stream}
+    with httpx.Client(timeout=10) as http:
+        direct = http.post(f"{teacher[1]}/chat/completions", json=body)
+        via = http.post(f"{proxy[0]}/chat/completions", json=body)
+    assert via.status_code == 200 and via.headers["x-tracer-lane"] == "teacher"
+    if not stream:
+        data = via.json()
+        tracer = data.pop("tracer")
+        mine = direct.json()
+        assert {k: v for k, v in data.items() if k not in ("id", "created", "model")} == {
+            k: v for k, v in mine.items() if k not in ("id", "created", "model")
+        }
+    else:
+        events = [line[5:].strip() for line in via.text.splitlines() if line.startswith("data:")]
+        assert events[-1] == "[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        marked = [c for c in chunks if "tracer" in c]
+        assert len(marked) == 1 and marked[0]["choices"][0]["finish_reason"] == "stop"
+        tracer = marked[0]["tracer"]
+        deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+        text = "".join(d.get("content") or "" for d in deltas)
+        assert text == "card_arrival"
+    assert tracer["lane"] == "teacher" and tracer["decision"] == "teacher"
+    assert tracer["label"] == "card_arrival"
+    official = client(proxy[0]).chat.completions.create(model="banking-intent", messages=QUESTION)
+    assert (official.model_extra or {})["tracer"]["lane"] == "teacher"

@@ -9,9 +9,9 @@ import pytest
 
 from proxy.sim.synthetic import make_intents
 from router import Router
+from router.report_html import render_html
 from training.fit import FitOptions, fit
 from training.report import build_report, report_command
-from training.report_html import render_html
 
 HOSTILE = '<script>alert("x")</script> where is my card & <img src=x onerror=alert(1)>'
 

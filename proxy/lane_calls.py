@@ -1,0 +1,167 @@
+"""Calls to lane models: answering a request routed to one, and checks against the teacher.
+
+A lane's answer is parsed with the task's rules and given in the teacher's own words
+for that label (`local.answer_text`), so a lane that agrees on the label gives the
+teacher's answer byte for byte. A lane that fails or answers no valid label hands the
+request back to the teacher: the client never sees a lane's error.
+
+Checks run in the background after the teacher has answered, never delaying anyone:
+every lane on a share of the teacher's answers (`shadow`), and the one lane a request
+was routed to when it was sampled for the teacher instead (`audit`). Each becomes an
+audit record that `proxy.monitor` feeds to the task's `TaskLanes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from router.chat import same_answer
+
+from . import store
+from .config import TaskConfig
+from .errors import UpstreamError
+from .lanes import TaskLanes
+from .local import answer_text
+from .metrics import Metrics
+from .pricing import call_cost
+from .routing import Route
+from .teacher import Teacher, TeacherAnswer, answer_key, label_of
+from .upstream import Upstream
+
+MAX_IN_FLIGHT = 64
+
+
+@dataclass(frozen=True)
+class LaneAnswer:
+    label: str
+    content: str  # the teacher's words for the label
+    cost_usd: float | None
+
+
+class LaneFailed(Exception):
+    """The lane gave no usable answer; the message says why, for the route's reason."""
+
+
+class LaneCalls:
+    def __init__(
+        self,
+        lanes: dict[str, TaskLanes],
+        upstream: Upstream,
+        teacher: Teacher,
+        writer: store.StoreWriter,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.lanes = lanes
+        self.upstream = upstream
+        self.teacher = teacher
+        self.writer = writer
+        self.metrics = metrics
+        self.rng = rng or random.Random()
+        self.jobs: set[asyncio.Task[None]] = set()
+
+    async def _ask(
+        self, task: TaskConfig, lane: str, body: dict[str, Any]
+    ) -> tuple[TeacherAnswer, float | None]:
+        entry = self.upstream.entry(lane)
+        if entry is None:
+            raise LaneFailed(f"lane {lane} is not in model_list")
+        request = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        try:
+            answer = await self.teacher.ask(entry, request, task.name)
+        except UpstreamError as err:
+            self.metrics.lane_calls.labels(task.name, lane, "error").inc()
+            raise LaneFailed(f"lane {lane} failed ({err.kind})") from None
+        said = answer.answer
+        cost = call_cost(entry, said.prompt_tokens, said.completion_tokens)
+        if cost is not None:
+            self.metrics.lane_cost.labels(task.name, lane).inc(cost)
+            self.lanes[task.name].paid(lane, cost)
+        return answer, cost
+
+    async def answer(self, task: TaskConfig, route: Route, body: dict[str, Any]) -> LaneAnswer:
+        """The lane's answer to a request routed to it; LaneFailed when there is none."""
+        assert route.live is not None
+        answer, cost = await self._ask(task, route.lane, body)
+        label = label_of(task, answer.answer)
+        if label is None:
+            self.metrics.lane_calls.labels(task.name, route.lane, "invalid").inc()
+            raise LaneFailed(f"lane {route.lane}'s answer is not a valid label")
+        self.metrics.lane_calls.labels(task.name, route.lane, "answered").inc()
+        return LaneAnswer(label, answer_text(task, route.live, label), cost)
+
+    # -- checks -----------------------------------------------------------------------------
+    def after_teacher(
+        self,
+        task: TaskConfig,
+        route: Route,
+        body: dict[str, Any],
+        text: str,
+        answer: TeacherAnswer,
+        label: str | None,
+    ) -> None:
+        """The teacher answered a task request: check the lanes against it, maybe."""
+        lanes = self.lanes.get(task.name)
+        said = answer_key(task, answer.answer)
+        if lanes is None or label is None or said is None:
+            return
+        if route.audit_lane is not None:
+            self._start(task, route, body, text, (label, said), route.audit_lane, "audit")
+        elif self.rng.random() < lanes.shadow_rate():
+            for lane in lanes.lanes:
+                self._start(task, route, body, text, (label, said), lane, "shadow")
+
+    def _start(
+        self,
+        task: TaskConfig,
+        route: Route,
+        body: dict[str, Any],
+        text: str,
+        teacher: tuple[str, str],
+        lane: str,
+        kind: str,
+    ) -> None:
+        if len(self.jobs) >= MAX_IN_FLIGHT:
+            self.metrics.lane_calls.labels(task.name, lane, "skipped").inc()
+            return
+        job = asyncio.create_task(self._check(task, route, body, text, teacher, lane, kind))
+        self.jobs.add(job)
+        job.add_done_callback(self.jobs.discard)
+
+    async def _check(
+        self,
+        task: TaskConfig,
+        route: Route,
+        body: dict[str, Any],
+        text: str,
+        teacher: tuple[str, str],
+        lane: str,
+        kind: str,
+    ) -> None:
+        """Ask `lane` too; compare its answer, in the teacher's words, with the teacher's."""
+        try:
+            answer, _ = await self._ask(task, lane, body)
+        except LaneFailed:
+            return
+        label = label_of(task, answer.answer)
+        teacher_label, said = teacher
+        live = route.live
+        if label is None:
+            agrees = False
+        elif live is not None:
+            agrees = same_answer(answer_text(task, live, label), said, task.output.format)
+        else:  # no version yet, so no words of the teacher's to give: compare the labels
+            agrees = label == teacher_label
+        self.metrics.lane_calls.labels(task.name, lane, "agree" if agrees else "disagree").inc()
+        cluster = route.prediction.cluster if route.prediction is not None else None
+        self.writer.submit(
+            store.Audit(task.name, route.version, agrees, lane, cluster, text, kind=kind)
+        )
+
+    async def stop(self) -> None:
+        for job in list(self.jobs):
+            job.cancel()
+        await asyncio.gather(*self.jobs, return_exceptions=True)

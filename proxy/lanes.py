@@ -1,0 +1,188 @@
+"""The middle lane: cheaper LLMs that answer, per cluster of inputs, what the surrogate defers.
+
+Each lane model is measured where it matters. Requests the teacher answers are also
+sent to every lane model in the background (a *shadow* check), and a share of the
+requests routed to a lane go to the teacher instead, with the lane asked alongside
+(an *audit*). Either way the lane's answer, parsed with the task's rules and written
+as the teacher writes that label, is compared with the teacher's.
+
+- **Which checks count.** A lane serves what the served version defers and finds in
+  distribution, so each round re-reads every check through that version: a check it
+  would answer itself, or finds out of distribution, is left out; the rest fall in the
+  cluster (`clusters.onnx`) the version assigns.
+- **Certification rounds** (`lane_certify`): with each new served version (new
+  clusters), and each time the checks have grown by half, a round reads every check so far
+  and certifies lanes per cluster and per group of clusters. Round r spends
+  delta * 6 / (pi^2 r^2) of the task's delta; a round that could certify nothing is not
+  held and spends nothing. (Each worker reads the checks when its poll comes, so two
+  workers' rounds may read a few checks more or less.)
+- **Routing.** A deferred, in-distribution request goes to the cheapest lane certified
+  for its cluster; otherwise to the teacher.
+- **Keeping the lane honest.** Per (cluster, lane), the sequential test that guards the
+  surrogate reads the audits and demotes the lane there as soon as they show it below
+  alpha. A demoted lane's earlier checks no longer count: it is certified again, in a
+  later round, only on what it answered after its demotion.
+- **Only the teacher teaches**: lane answers never become traces.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from router.stats import cp_interval
+
+from .config import Config, ConfigError, TaskConfig
+from .evidence import EDetector, agreement_test
+from .lane_certify import Certificate, Check, certify, round_delta
+from .pricing import Prices, prices
+
+log = logging.getLogger("tracer.lanes")
+
+ROUND_START = 200  # checks before the first certification round
+GROWTH = 1.5  # a new round once the checks have grown this many times since the last
+SHADOW_ALL = 5000  # every teacher answer is shadow-checked until there are this many checks
+SHADOW_FLOOR = 0.05  # after that, min(1, SHADOW_ALL / checks), but at least this share
+
+
+def lane_prices(config: Config, task: TaskConfig) -> list[tuple[str, Prices]]:
+    """A task's lanes with their prices, cheapest first; ConfigError for an unpriced one."""
+    if task.lanes and task.kind == "tools":
+        raise ConfigError(
+            f"task {task.name}: lanes answer classification tasks; a tool task's cheaper "
+            "model is `narrow_to`, which fills the arguments of a tool already certain"
+        )
+    priced = []
+    for name in task.lanes:
+        entry = config.model(name)
+        assert entry is not None  # the config validator checks the name
+        found = prices(entry)
+        if found is None:
+            raise ConfigError(
+                f"task {task.name}: lane {name!r} has no price: LiteLLM's price map does not "
+                f"know {entry.litellm_params.model!r}; give its `model_info` "
+                "`input_cost_per_token` and `output_cost_per_token` (or "
+                "`input_cost_per_request`)"
+            )
+        priced.append((name, found))
+    return sorted(priced, key=lambda item: item[1].typical())
+
+
+class TaskLanes:
+    """The lanes of one task: checks, the current certificate and the live demotions."""
+
+    def __init__(self, task: TaskConfig, priced: Sequence[tuple[str, Prices]]) -> None:
+        self.task = task
+        self.lanes = [name for name, _ in priced]  # cheapest first
+        self.prices = dict(priced)
+        self.checks: list[Check] = []
+        self.certificate: Certificate | None = None
+        self.version: str | None = None
+        self.round = 0  # rounds held (a round that could certify nothing is not counted)
+        self.read = 0  # the checks the last round read
+        self._audits: dict[tuple[int, str], EDetector] = {}
+        self.demoted: set[tuple[int, str]] = set()
+        self._spent: dict[str, tuple[float, int]] = {}  # lane -> (USD, calls)
+        self._fresh_from: dict[str, int] = {}  # lane -> its first check after a demotion
+
+    @property
+    def delta(self) -> float:
+        return 1.0 - self.task.confidence
+
+    def shadow_rate(self) -> float:
+        return max(SHADOW_FLOOR, min(1.0, SHADOW_ALL / max(len(self.checks), 1)))
+
+    def choose(self, cluster: int | None) -> str | None:
+        """The cheapest lane certified for `cluster` and not demoted there."""
+        certificate = self.certificate
+        if cluster is None or certificate is None:
+            return None
+        for lane in certificate.lanes.get(cluster, []):
+            if (cluster, lane) not in self.demoted:
+                return lane
+        return None
+
+    def paid(self, lane: str, usd: float | None) -> None:
+        """A lane call's cost, to show what each lane costs per 1,000 calls."""
+        if usd is not None:
+            total, n = self._spent.get(lane, (0.0, 0))
+            self._spent[lane] = (total + usd, n + 1)
+
+    def per_1000(self, lane: str) -> float:
+        """USD per 1,000 calls: the mean of the calls made, else a typical call's price."""
+        total, n = self._spent.get(lane, (0.0, 0))
+        return 1000 * (total / n if n else self.prices[lane].typical())
+
+    def add_check(self, lane: str, text: str, agrees: bool) -> None:
+        if lane in self.prices:
+            self.checks.append(Check(lane, text, agrees))
+
+    def add_audit(self, lane: str, cluster: int | None, text: str, agrees: bool) -> None:
+        """A lane's answer to a request routed to it, against the teacher's: a check for
+        the next rounds, and evidence that may demote the lane from its cluster now."""
+        self.add_check(lane, text, agrees)
+        if cluster is None or lane not in self.prices:
+            return
+        pair = (cluster, lane)
+        test = self._audits.setdefault(pair, agreement_test(self.task.target, self.delta))
+        test.add(not agrees)
+        if test.alarmed and pair not in self.demoted:
+            self.demoted.add(pair)
+            self._fresh_from[lane] = len(self.checks)
+            log.warning("task %s: lane %s demoted from cluster %d: its audits show it "
+                        "below the target %s", self.task.name, lane, cluster,
+                        self.task.target)  # fmt: skip
+
+    def due(self, version: str | None) -> bool:
+        """A new version (new clusters), or half as many checks again as the last round read."""
+        n = len(self.checks)
+        if version is None or n < ROUND_START:
+            return False
+        return version != self.version or n >= GROWTH * self.read
+
+    def recertify(
+        self, version: str, assign: Callable[[list[str]], list[int | None]]
+    ) -> Certificate | None:
+        """A round on every check so far, `assign` giving each one's cluster under
+        `version` (a blocking call: run it off the event loop)."""
+        read = len(self.checks)
+        used = [c for i, c in enumerate(self.checks[:read]) if i >= self._fresh_from.get(c.lane, 0)]
+        clusters = assign([c.input for c in used])
+        r = self.round + 1
+        certificate = certify(
+            used, clusters, self.lanes, self.task.target, round_delta(self.delta, r), r
+        )
+        if certificate is not None:
+            self.round = r
+        elif version == self.version:
+            certificate = self.certificate  # nothing new could pass: the last round stands
+        self.certificate, self.version, self.read = certificate, version, read
+        self._audits, self.demoted = {}, set()
+        certified = sum(len(v) for v in (certificate.lanes if certificate else {}).values())
+        log.info("task %s: lane round on %d checks (version %s): %d (cluster, lane) pairs "
+                 "certified", self.task.name, len(used), version, certified)  # fmt: skip
+        return certificate
+
+    def cards(self) -> list[dict[str, object]]:
+        """Per cluster and lane: agreement with its interval, the bound, and the outcome."""
+        certificate = self.certificate
+        if certificate is None:
+            return []
+        out: list[dict[str, object]] = []
+        for (cluster, lane), (agreed, n, lower) in sorted(certificate.figures.items()):
+            out.append(
+                {
+                    "cluster": cluster,
+                    "lane": lane,
+                    "checks": n,
+                    "agreement": agreed / n if n else None,
+                    "interval": cp_interval(agreed, n),
+                    "certified_lower_bound": lower,
+                    "certified": lane in certificate.lanes.get(cluster, []),
+                    "in_group": cluster in getattr(certificate.groups.get(lane), "clusters", []),
+                    "demoted": (cluster, lane) in self.demoted,
+                    "serving": self.choose(cluster) == lane,
+                    "usd_per_1000_calls": self.per_1000(lane),
+                }
+            )
+        return out
