@@ -5,7 +5,10 @@ between them must not use a figure the candidate was selected or calibrated on (
 is optimistic: the winner's curse), nor the served version's own calibration. Both
 are scored, here, on the same sampled traces that arrived after the candidate's data
 cut: audits, explore draws and teacher answers, a uniform sample of the traffic
-that neither was fitted or calibrated on.
+that neither was fitted or calibrated on. The cut is the candidate's `last_trace_id`
+(the newest trace its fit exported), so a trace after it is in no split of either
+fit; `deferred` and `narrowed` traces (picked or labelled by the served version)
+are never part of the sample.
 
 - The candidate's answers on the traces it would handle feed the same sequential
   agreement test that guards a served version (`proxy.evidence`): if that test
@@ -16,6 +19,10 @@ that neither was fitted or calibrated on.
   test at `WORSE_LEVEL`). The candidate has seen more, and more recent, traffic, so
   a small difference on a few hundred traces, which is noise, goes its way; a
   clear one leaves it `not_better`.
+
+While a candidate waits for its `MIN_FRESH` traces, the task samples more of its
+traffic (`proxy.sampling`) and fits no newer version (`proxy.refit`), so it is
+settled within a bounded amount of traffic rather than superseded unjudged.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from .metrics import Metrics
 from .models import LiveModels
 from .monitor import Monitor
 from .refit import RefitOutcome, deploy
+from .store.queries import count_fresh, fresh_traces_after
 
 log = logging.getLogger("tracer.refit")
 
@@ -65,7 +73,7 @@ class Comparison:
 
 def compare(
     candidate: Router, served: Router, rows: list[tuple[int, str, str | None, str | None]],
-    target: float, delta: float, output_format: str,
+    target: float, delta: float, output_format: str, by_label: bool = False,
 ) -> Comparison:  # fmt: skip
     """Score both routers on the fresh traces (blocking: run it in a thread)."""
     texts = [r[1] for r in rows]
@@ -77,8 +85,12 @@ def compare(
     for (_, _, label, raw), decision in zip(rows, ours, strict=True):
         if decision.decision != "handled":
             continue
-        said = raw if raw is not None else label or ""
-        agrees = same_answer(candidate.manifest.answer(decision.label), said, output_format)  # type: ignore[arg-type]
+        if by_label:  # a tool task: the name is what the gate certified
+            agrees = decision.label == label
+        else:
+            said = raw if raw is not None else label or ""
+            answer = candidate.manifest.answer(decision.label)
+            agrees = same_answer(answer, said, output_format)  # type: ignore[arg-type]
         test.add(not agrees)
         handled += 1
         agreed += agrees
@@ -117,18 +129,17 @@ class Promotion:
         live = self.models.get(task.name)
         if live is None or self.monitor.fallback_reason(task.name) is not None:
             return await self._settle(task, newest, "deployed", "nothing else was served")
-        rows = await store.sampled_traces_after(
-            self.engine, task.name, int(newest["last_trace_id"]), MAX_FRESH
-        )
-        if len(rows) < MIN_FRESH:
+        after = int(newest["last_trace_id"])  # the candidate's data ends here
+        if await count_fresh(self.engine, task.name, after) < MIN_FRESH:
             return None
+        rows = await fresh_traces_after(self.engine, task.name, after, MAX_FRESH)
         try:
             candidate = await asyncio.to_thread(self._router, task.name, version)
         except ArtifactError as exc:
             return await self._settle(task, newest, "failed", f"could not load: {exc}")
         result = await asyncio.to_thread(
             compare, candidate, live.router, rows, task.target, 1.0 - task.confidence,
-            task.output.format,
+            task.output.format, task.kind == "tools",
         )  # fmt: skip
         return await self._judge(task, newest, live.version, result)
 

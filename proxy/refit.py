@@ -12,6 +12,18 @@ at most delta, however many refits follow (training/bound.py states the argument
 A fit that passes the gate is served at once when nothing else is (or the task is
 in fallback). Otherwise it becomes a candidate, which `proxy.promotion` compares
 with the served version on fresh traffic before either is preferred.
+
+**A candidate is settled before the next fit.** It is judged only on sampled traces
+that arrived after its data, and a newer fit supersedes it, restarting that wait: if
+fits came faster than fresh samples, no candidate would ever be judged, and each
+would still spend its share of delta. So while a candidate waits, the next fit waits
+too (`RefitLoop.due`), and the sampling rate is raised until it has its fresh traces
+(`proxy.sampling`). The wait is bounded by the traffic: once the task has gained as
+many traces since the candidate's data as the candidate was fitted on, a fit on
+twice the data goes ahead and supersedes it. So a task whose candidates cannot get
+their evidence (sampling boost off, a tiny floor) still gets fits, each on at least
+twice the data of the last, as few as the log of its traffic; and as the traffic
+between fits grows, the fixed amount a candidate needs for its evidence is reached.
 """
 
 from __future__ import annotations
@@ -93,7 +105,11 @@ class RefitLoop:
         by the traffic: the traces must have grown by `refit.growth` since the last fit,
         and by `refit.min_new_traces` too, or, once `refit.interval_seconds` passed, by
         any number (a slow task still gets fits). A demotion or a traffic shift asks for
-        a fit on the new traffic as soon as `SHIFT_REFIT_TRACES` new traces are in."""
+        a fit on the new traffic as soon as `SHIFT_REFIT_TRACES` new traces are in.
+
+        None of these while a candidate waits for its fresh traces (`waits_for`)."""
+        if await self.waits_for(task) is not None:
+            return False
         refit = self.config.refit
         last = await store.last_refit(self.engine, task.name)
         after = int(last["last_trace_id"]) if last else 0
@@ -109,6 +125,22 @@ class RefitLoop:
         since = time.monotonic() - self._last_attempt.get(task.name, time.monotonic())
         self._last_attempt.setdefault(task.name, time.monotonic())
         return since >= refit.interval_seconds
+
+    async def waits_for(self, task: TaskConfig) -> str | None:
+        """The pending candidate that holds the task's next fit back, if any.
+
+        A newer fit would supersede it before it is judged (`proxy.promotion`), so the
+        task waits, while sampling is raised to bring its fresh traces in, until it is
+        settled, or until the task has gained as many traces since the candidate's data
+        as the candidate was fitted on: a fit on twice the data then goes ahead."""
+        pending = await store.pending_candidates(self.engine, task.name)
+        if not pending:
+            return None
+        newest = pending[-1]
+        since = await store.count_traces(
+            self.engine, task.name, after_id=int(newest["last_trace_id"])
+        )
+        return str(newest["version"]) if since < int(newest["n_traces"]) else None
 
     async def refit(self, task: TaskConfig) -> RefitOutcome:
         """One fit of one task, if this worker holds the lease."""

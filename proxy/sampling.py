@@ -10,21 +10,34 @@ taken at one rate. The rate is the largest of:
   early refits certify on fresh evidence;
 - `probation_boost / (audits of the served version + 1)`: a new version proves
   itself on live traffic within hours, not weeks;
+- `probation_boost / (fresh traces + 1)` while a candidate waits to be compared with
+  the served version (`proxy.promotion`), until it has `MIN_FRESH` of them: the same
+  schedule as a new version's probation, so a candidate is settled within a bounded
+  amount of traffic however low the floor: about `b + (MIN_FRESH^2 - b^2) / 2b`
+  requests on average with b = `probation_boost` (520 at the default 40; at a 2%
+  floor alone, 10,000). Each draw is still independent of the request and of any
+  model's decision: the rate depends only on counts of earlier traces;
 - 1, while a traffic-shift alarm wants fresh evidence (`proxy.monitor`).
+
+The rate is read on every request, so it reads only memory: the counts behind it are
+re-read from the store by the background poll (`count`).
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from router.traces import TRAIN_ONLY, Source
+from router.traces import ARGUMENTS_ONLY, TRAIN_ONLY, Source
 
 from . import store
 from .config import Config, TaskConfig
 from .metrics import Metrics
 from .monitor import Monitor
+from .promotion import MIN_FRESH
+from .store.queries import count_fresh
 
 
 def sampling_rate(floor: float, boost: int, sampled: int) -> float:
@@ -32,6 +45,15 @@ def sampling_rate(floor: float, boost: int, sampled: int) -> float:
     if boost <= 0:
         return floor
     return max(floor, min(1.0, boost / max(sampled, 1)))
+
+
+@dataclass
+class Waiting:
+    """A task's newest candidate and the fresh traces it has to be judged on so far."""
+
+    version: str
+    after: int  # the last trace id of its data: fresh traces come after it
+    fresh: int
 
 
 class SamplingPolicy:
@@ -52,9 +74,14 @@ class SamplingPolicy:
         self._counted: dict[str, tuple[int, int]] = {}  # (count, through trace id)
         # Audits drawn here for each served version: the store's count lags by a poll.
         self._drawn: dict[tuple[str, str], int] = {}
+        # Candidates still collecting fresh traces, by task (re-read by `count`).
+        self.waiting: dict[str, Waiting] = {}
 
     def rate(self, task: TaskConfig) -> float:
         rate = sampling_rate(task.audit_rate, task.audit_boost, self.sampled.get(task.name, 0))
+        waiting = self.waiting.get(task.name)
+        if waiting is not None and task.probation_boost > 0 and waiting.fresh < MIN_FRESH:
+            rate = max(rate, min(1.0, task.probation_boost / (waiting.fresh + 1)))
         checks = self.monitor.tasks.get(task.name)
         if checks is not None and checks.check is not None:
             if task.probation_boost > 0:
@@ -84,6 +111,9 @@ class SamplingPolicy:
         """A valid trace was written: one more sample, if it was drawn independently."""
         if source != TRAIN_ONLY:
             self._set(task, self.sampled.get(task.name, 0) + 1)
+        waiting = self.waiting.get(task.name)
+        if waiting is not None and source not in (TRAIN_ONLY, ARGUMENTS_ONLY):
+            waiting.fresh += 1  # stored after the candidate was: fresh (recounted at a poll)
 
     async def count(self) -> None:
         """Re-read the sampled-trace counts, which other workers' traces also move.
@@ -96,7 +126,23 @@ class SamplingPolicy:
             counted, through = self._counted.get(task.name, (0, 0))
             new, through = await store.count_sampled(self.engine, task.name, after_id=through)
             self._counted[task.name] = (counted + new, through)
+            await self._count_waiting(task)
             self._set(task, counted + new)
+
+    async def _count_waiting(self, task: TaskConfig) -> None:
+        """The task's newest pending candidate, and how many fresh traces it has: the
+        ones `Promotion.check` will judge it on (after its data, sampled independently
+        of any model). Counted until there are `MIN_FRESH`; then the boost is over."""
+        pending = await store.pending_candidates(self.engine, task.name)
+        if not pending:
+            self.waiting.pop(task.name, None)
+            return
+        version, after = str(pending[-1]["version"]), int(pending[-1]["last_trace_id"])
+        known = self.waiting.get(task.name)
+        if known is not None and known.version == version and known.fresh >= MIN_FRESH:
+            return
+        fresh = await count_fresh(self.engine, task.name, after)
+        self.waiting[task.name] = Waiting(version, after, fresh)
 
     def _set(self, task: TaskConfig, count: int) -> None:
         self.sampled[task.name] = count

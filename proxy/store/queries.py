@@ -10,12 +10,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import event, func, insert, inspect, or_, select, text, update
+from sqlalchemy import ColumnElement, event, func, insert, inspect, or_, select, text, update
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from router.traces import TRAIN_ONLY
+from router.traces import ARGUMENTS_ONLY, TRAIN_ONLY
 
 from .schema import AuditRow, Base, DecisionRow, LeaseRow, RefitRow, TraceRow
 
@@ -36,9 +36,16 @@ def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
     return engine
 
 
+SCHEMA_LOCK = 0x7472616365720001  # PostgreSQL advisory lock key of create_schema
+
+
 async def create_schema(engine: AsyncEngine) -> None:
     """Create missing tables, and add columns that later versions brought (nullable)."""
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            # Replicas starting together on a new database: without this lock, both see no
+            # table and one CREATE TABLE fails (pg_type_typname_nsp_index). Held until commit.
+            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
         await conn.run_sync(Base.metadata.create_all)
         await conn.run_sync(_add_missing_columns)
 
@@ -153,12 +160,12 @@ async def record_refit(engine: AsyncEngine, **values: Any) -> None:
 
 async def audits_after(
     engine: AsyncEngine, task: str, after_id: int = 0, limit: int = 10_000
-) -> list[tuple[int, str | None, str, int | None, bool, str]]:
-    """(id, version, lane, cluster, agrees, kind) of a task's audits after `after_id`."""
+) -> list[tuple[int, str | None, str, int | None, bool, str, str | None]]:
+    """(id, version, lane, cluster, agrees, kind, input) of a task's audits after `after_id`."""
     query = (
         select(
             AuditRow.id, AuditRow.version, AuditRow.lane, AuditRow.cluster, AuditRow.agrees,
-            AuditRow.kind,
+            AuditRow.kind, AuditRow.input,
         )
         .where(AuditRow.task == task, AuditRow.id > after_id)
         .order_by(AuditRow.id)
@@ -211,6 +218,40 @@ async def sampled_traces_after(
     )
     async with engine.connect() as conn:
         return [tuple(r) for r in (await conn.execute(query)).all()]  # type: ignore[misc]
+
+
+async def count_fresh(engine: AsyncEngine, task: str, after_id: int) -> int:
+    """Fresh traces (`_fresh`) after `after_id`: what a candidate whose data ends at
+    `after_id` is judged on."""
+    query = select(func.count()).where(*_fresh(task, after_id))
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def fresh_traces_after(
+    engine: AsyncEngine, task: str, after_id: int, limit: int = 5000
+) -> list[tuple[int, str, str | None, str | None]]:
+    """(id, input, label, raw_output) of the traces `count_fresh` counts, oldest first."""
+    query = (
+        select(TraceRow.id, TraceRow.input, TraceRow.label, TraceRow.raw_output)
+        .where(*_fresh(task, after_id))
+        .order_by(TraceRow.id)
+        .limit(limit)
+    )
+    async with engine.connect() as conn:
+        return [tuple(r) for r in (await conn.execute(query)).all()]  # type: ignore[misc]
+
+
+def _fresh(task: str, after_id: int) -> tuple[ColumnElement[bool], ...]:
+    """Live traffic after `after_id`, sampled independently of any model: not `deferred`
+    (a model's hard cases), nor `narrowed` (the tool a served version forced), nor
+    `import` (an old log, loaded now but not drawn from the traffic since)."""
+    return (
+        TraceRow.task == task,
+        TraceRow.id > after_id,
+        TraceRow.valid.is_(True),
+        TraceRow.source.not_in((TRAIN_ONLY, ARGUMENTS_ONLY, "import")),
+    )
 
 
 async def refit_attempts(engine: AsyncEngine, task: str) -> int:

@@ -88,7 +88,7 @@ async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: P
 
         broken = task.model_copy(update={"embedder": str(tmp_path / "no-such-encoder")})
         crashed = await state.refits.refit(broken)
-        assert crashed.outcome == "failed" and "encoder folder lacks" in (crashed.reason or "")
+        assert crashed.outcome == "failed" and "lacks model.onnx" in (crashed.reason or "")
         assert state.models.store.current("intents") == "v0001"
         live = state.models.get("intents")
         assert live is not None and live.version == "v0001"
@@ -255,7 +255,7 @@ async def test_failing_refits_show_in_metrics_and_the_log(
             "tracer_refit_failures_in_a_row", {"task": "intents"}
         )
         assert gauge == 2
-        assert "2 failed refits in a row" in caplog.text and "encoder folder lacks" in caplog.text
+        assert "2 failed refits in a row" in caplog.text and "lacks model.onnx" in caplog.text
     finally:
         await state.stop()
 
@@ -302,5 +302,48 @@ async def test_a_fit_refused_before_the_gate_spends_no_delta(tmp_path: Path):
         assert first["delta"] == 0 and first["attempt"] == 1
         assert second["attempt"] == 1
         assert second["delta"] == pytest.approx((1 - task.confidence) * 6 / math.pi**2)
+    finally:
+        await state.stop()
+
+
+async def test_no_fit_starts_while_a_candidate_waits_for_its_fresh_traces(tmp_path: Path):
+    """A newer fit would supersede a candidate before it is judged: the task waits until
+    the candidate is settled, or until it gained as many traces as the candidate was
+    fitted on (the wait is bounded by the traffic). No fit runs: the rows are written."""
+    config = intents_config(NOWHERE, tmp_path, task={"target": 0.9}, refit={"min_new_traces": 100})
+    state = ProxyState(config)
+    task = state.config.tasks[0]
+    await state.start(refit=False)
+
+    async def candidate(version: str) -> None:
+        await store.record_refit(
+            state.engine, task="intents", outcome="candidate", version=version,
+            n_traces=await store.count_traces(state.engine, "intents"),
+            last_trace_id=await store.last_id(state.engine, "traces", "intents"),
+            reason="passed the gate", seconds=1.0, attempt=2, delta=0.001,
+        )  # fmt: skip
+
+    try:
+        rows = make_intents(900, seed=1)
+        await add_traces(state, rows[:300])
+        await candidate("v0002")
+        await add_traces(state, rows[300:500])  # grown by 200 >= 0.5 * 300 and >= 100
+        assert not await state.refits.due(task)
+        assert await state.refits.waits_for(task) == "v0002"
+        state.monitor.task("intents").refit_wanted = True  # a shift's ask waits too
+        assert not await state.refits.due(task)
+        (row,) = await store.pending_candidates(state.engine, "intents")
+        await store.settle_refit(state.engine, row["id"], "deployed", "a test")
+        assert await state.refits.waits_for(task) is None
+        assert await state.refits.due(task)  # settled: the growth rule decides again
+
+        await candidate("v0003")  # fitted on 500 traces
+        await add_traces(state, rows[500:899])
+        assert not await state.refits.due(task)
+        await add_traces(state, rows[899:])  # 400 since: still waiting
+        assert await state.refits.waits_for(task) == "v0003"
+        await add_traces(state, make_intents(100, seed=2))  # 500 since: twice the data
+        assert await state.refits.waits_for(task) is None
+        assert await state.refits.due(task)
     finally:
         await state.stop()
