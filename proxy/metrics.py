@@ -2,11 +2,30 @@
 
 Label values are bounded: task names from the config and fixed kinds. Never a raw
 model name, a key or user input.
+
+With `tracer serve --workers N`, prometheus_client's multiprocess mode is on (the
+parent sets PROMETHEUS_MULTIPROC_DIR to a fresh folder before the workers start):
+each worker writes its values to files there and `/metrics` reads them all. Counters
+and histograms are summed over the workers; each gauge says how it is combined
+(`multiprocess_mode`): requests in flight are summed, the served version is shown per
+worker (a `pid` label), alarms take the highest worker's value, and figures every
+worker computes from the same store take the latest. Alone, a process ignores the modes.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    values,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = ["CONTENT_TYPE_LATEST", "LATENCY_BUCKETS", "NO_TASK", "Metrics", "multiprocess"]
 
 # From half a millisecond (a local answer) to a minute (a slow teacher).
 LATENCY_BUCKETS = (
@@ -17,9 +36,15 @@ LATENCY_BUCKETS = (
 NO_TASK = "none"
 
 
+def multiprocess() -> bool:
+    """Whether prometheus_client keeps values in PROMETHEUS_MULTIPROC_DIR (chosen at import)."""
+    return values.ValueClass is not values.MutexValue
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self.multiprocess = multiprocess()
         r = self.registry
         self.requests = Counter(
             "tracer_requests",
@@ -73,8 +98,8 @@ class Metrics:
         )
         self.cost_saved = Counter(
             "tracer_cost_saved_usd",
-            "Estimated teacher cost avoided: the teacher's mean cost per call times the "
-            "teacher calls avoided.",
+            "Estimated cost avoided against asking the teacher everything: its mean cost per "
+            "call for each request answered locally, less what a lane or a narrowed call cost.",
             ["task"],
             registry=r,
         )
@@ -91,6 +116,45 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.lane_requests = Counter(
+            "tracer_lane_requests",
+            "Task requests by the lane that answered: surrogate, a lane's model_name, teacher.",
+            ["task", "lane"],
+            registry=r,
+        )
+        self.lane_cost = Counter(
+            "tracer_lane_cost_usd",
+            "What calls to each upstream model of a task cost (teacher, lanes, narrowing; "
+            "answers and checks alike), from its prices.",
+            ["task", "lane"],
+            registry=r,
+        )
+        self.lane_calls = Counter(
+            "tracer_lane_calls",
+            "Calls to lane models by outcome: answered, invalid, error (the teacher answered "
+            "instead); agree, disagree (checks against the teacher); skipped.",
+            ["task", "lane", "outcome"],
+            registry=r,
+        )
+        self.shadow_requests = Counter(
+            "tracer_shadow_requests",
+            "Shadow mode: requests the teacher answered, by what the model would have done "
+            "(handled, deferred).",
+            ["task", "would"],
+            registry=r,
+        )
+        self.shadow_checks = Counter(
+            "tracer_shadow_checks",
+            "Shadow mode: would-be local answers compared with the teacher's (agree, disagree).",
+            ["task", "outcome"],
+            registry=r,
+        )
+        self.shadow_savable = Counter(
+            "tracer_shadow_cost_savable_usd",
+            "Shadow mode: the teacher's cost of the requests the model would have answered.",
+            ["task"],
+            registry=r,
+        )
         self.refits = Counter(
             "tracer_refits",
             "Refit attempts by outcome (deployed, refused, failed).",
@@ -102,24 +166,28 @@ class Metrics:
             "Refits of a task that failed (crashed, not refused) since its last other outcome.",
             ["task"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.model_info = Gauge(
             "tracer_model_info",
             "The model version each task serves (value 1).",
             ["task", "version"],
             registry=r,
+            multiprocess_mode="liveall",
         )
         self.calibration_agreement = Gauge(
             "tracer_model_calibration_agreement",
             "Agreement with the teacher on accepted calibration traces, for the live model.",
             ["task"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.calibration_coverage = Gauge(
             "tracer_model_calibration_coverage",
             "Share of calibration traces the live model accepts.",
             ["task"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.audits = Counter(
             "tracer_audits",
@@ -134,18 +202,21 @@ class Metrics:
             "audit_rate, boosted while the task has few sampled traces.",
             ["task"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.live_agreement = Gauge(
             "tracer_live_agreement",
             "Agreement with the teacher over recent audits of the served version.",
             ["task"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.live_agreement_lower = Gauge(
             "tracer_live_agreement_lower_bound",
             "Clopper-Pearson lower bound of live agreement at the task's confidence.",
             ["task"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.drift_score = Gauge(
             "tracer_drift_score",
@@ -153,6 +224,7 @@ class Metrics:
             "share of the demotion threshold (log scale): 1 falls back to the teacher.",
             ["task"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.shift_score = Gauge(
             "tracer_shift_score",
@@ -160,12 +232,14 @@ class Metrics:
             "version's calibration saw, as a share of the alarm threshold (log scale).",
             ["task"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.version_audits = Gauge(
             "tracer_version_audits",
             "Audits of the served version so far (its probation ends as they accumulate).",
             ["task"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.fallback = Gauge(
             "tracer_fallback_active",
@@ -173,7 +247,27 @@ class Metrics:
             "served version.",
             ["task"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.in_flight = Gauge(
-            "tracer_requests_in_flight", "Requests being served now.", registry=r
+            "tracer_requests_in_flight",
+            "Requests being served now.",
+            registry=r,
+            multiprocess_mode="livesum",
         )
+
+    def exposition(self) -> bytes:
+        """The text `/metrics` answers: every worker's values when there are several."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return generate_latest(merged)
+
+    def forget(self, gauge: Gauge, *labels: str) -> None:
+        """Drop a labelled series (a version no longer served). Files cannot drop one, so
+        with several workers the series is set to 0 instead."""
+        if self.multiprocess:
+            gauge.labels(*labels).set(0)
+        else:
+            gauge.remove(*labels)

@@ -9,6 +9,10 @@ The pointer is replaced by rename, so every reader sees either the old or the ne
 version, never half of one. Every worker polls the pointer and swaps its in-memory
 router by reassigning one reference: requests already running keep the router
 they started with, so a swap drops nothing.
+
+This class is the folder alone (the CLI's offline verbs, tests, benchmarks). The proxy
+serves from `proxy.shared_models.SharedModelStore`, which keeps versions and pointers in
+the store and this folder as its cache; `sync`, `ensure` and `close` are its hooks.
 """
 
 from __future__ import annotations
@@ -39,6 +43,11 @@ INLINE_BUDGET_S = 0.001
 # ... and so does any input longer than this: the embedders read at most
 # router.text.MAX_INPUT_CHARS of it, but even that is several times a typical request.
 INLINE_MAX_CHARS = 1000
+
+
+class ModelsUnavailable(RuntimeError):
+    """The store cannot give a version's files now (unreachable, not published yet): the
+    task keeps what it serves and the next poll tries again."""
 
 
 class ModelStore:
@@ -133,6 +142,16 @@ class ModelStore:
                 return path
         return None
 
+    def sync(self, tasks: Sequence[str]) -> None:
+        """Catch up with where versions are kept, before a poll follows the pointers."""
+
+    def ensure(self, task: str, version: str) -> Path:
+        """The folder of a version, ready to load."""
+        return self.version_dir(task, version)
+
+    def close(self) -> None:
+        """Let go of what the store holds open."""
+
     def rollback(self, task: str, to: str | None = None) -> str:
         """Serve ``to``, or else the version served before this one."""
         pointer = self.pointer(task)
@@ -198,6 +217,7 @@ class LiveModels:
         self.on_swap = on_swap
         self._live: dict[str, LiveModel] = {}
         self._unservable: dict[str, str] = {}  # task -> a pointed-to version that failed to load
+        self._waiting: dict[str, str] = {}  # task -> why its pointed-to version cannot load yet
 
     def get(self, task: str) -> LiveModel | None:
         return self._live.get(task)
@@ -211,13 +231,21 @@ class LiveModels:
         if self._unservable.get(task) == version:
             return live  # already refused and logged; tried again when the pointer moves
         try:
-            router = Router.load(self.store.version_dir(task, version))
+            router = Router.load(self.store.ensure(task, version))
+        except ModelsUnavailable as exc:
+            if self._waiting.get(task) != str(exc):
+                kept = live.version if live else "the teacher"
+                log.warning("task %s: version %s cannot load yet, keeping %s: %s",
+                            task, version, kept, exc)  # fmt: skip
+            self._waiting[task] = str(exc)
+            return live
         except ArtifactError as exc:
             self._unservable[task] = version
             log.error("task %s: cannot serve version %s, keeping %s: %s",
                       task, version, live.version if live else "the teacher", exc)  # fmt: skip
             return live
         self._unservable.pop(task, None)
+        self._waiting.pop(task, None)
         fresh = LiveModel(version, router, _measure_inline(router))
         self._live[task] = fresh  # the swap: one reference, atomic for readers
         if self.on_swap is not None:
@@ -226,5 +254,9 @@ class LiveModels:
         return fresh
 
     def refresh(self) -> None:
+        try:
+            self.store.sync(self.tasks)
+        except Exception:  # never let the poll die: the pointers as last read still hold
+            log.exception("model versions: sync failed")
         for task in self.tasks:
             self.refresh_task(task)

@@ -1,4 +1,4 @@
-"""The store's tables: traces, decisions, audits, refits, leases.
+"""The store's tables: traces, decisions, audits, refits, leases, model versions.
 
 Every worker and replica shares these through one database URL. Columns added in
 later versions are nullable, and `migrate` adds them to an existing database, so an
@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -112,3 +123,51 @@ class RefitRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)  # k of delta_k
     delta: Mapped[float | None] = mapped_column(Float, nullable=True)  # what its certificate spent
+
+
+class ModelVersionRow(Base):
+    """A model version of a task: reserved by a fit (its number), then published with its
+    files. The (task, version) pair is unique, so two replicas never fit the same number."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("task", "version", name="uq_model_versions_task_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))  # reserved | published
+    holder: Mapped[str] = mapped_column(String(256))  # who reserved, then who published it
+    status: Mapped[str | None] = mapped_column(String(16), nullable=True)  # the manifest's
+    manifest: Mapped[str | None] = mapped_column(Text, nullable=True)  # manifest.json as written
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class ModelFileRow(Base):
+    """A part of one file of a published version; `sha256` and `size` are the whole file's."""
+
+    __tablename__ = "model_files"
+    __table_args__ = (
+        UniqueConstraint("task", "version", "name", "part", name="uq_model_files_part"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(512))  # relative to the version's folder
+    part: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ModelPointerRow(Base):
+    """Which version a task serves: switching version is an update of this one row."""
+
+    __tablename__ = "model_pointers"
+
+    task: Mapped[str] = mapped_column(String(128), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    previous: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    updated_at: Mapped[float] = mapped_column(Float)  # epoch seconds
+    holder: Mapped[str | None] = mapped_column(String(256), nullable=True)

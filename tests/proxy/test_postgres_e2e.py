@@ -1,0 +1,459 @@
+"""The store on a real PostgreSQL server (asyncpg): writer, schema, queries, leases, the proxy.
+
+They run where `TRACER_TEST_PG_URL` names a server (`.ci/postgres.sh start` starts one
+and writes the variable; CI always does) and skip elsewhere. Each test gets a database of
+its own, created for it and dropped after it, so no test sees another's rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from proxy import store
+from proxy.sim.synthetic import make_intents
+from proxy.sim.teacher import SimulatedTeacher, run_sim_teacher
+from proxy.store.schema import LeaseRow
+from tests.support import INTENT_LABELS, intents_config, running_proxy
+
+PG_ENV = "TRACER_TEST_PG_URL"
+T = TypeVar("T")
+
+
+def run_apart(make: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion on a loop of its own in another thread: for sync
+    fixtures and tests, without touching the event loop pytest-asyncio manages."""
+
+    async def main() -> T:
+        return await make()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, main()).result()
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> URL:
+    """The server's URL (a SQLAlchemy asyncpg URL), or a skip when none is configured."""
+    raw = os.environ.get(PG_ENV)
+    if not raw:
+        pytest.skip(f"no PostgreSQL server: set {PG_ENV}, as .ci/postgres.sh does")
+    url = make_url(raw)
+    assert url.get_backend_name() == "postgresql", f"{PG_ENV} is not a PostgreSQL URL: {url!r}"
+    return url
+
+
+async def admin(server: URL, *statements: str) -> None:
+    """Statements on the server's own database, outside a transaction (CREATE DATABASE)."""
+    conn = await asyncpg.connect(server.set(drivername="postgresql").render_as_string(False))
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: URL) -> Iterator[str]:
+    """A new, empty database for one test; dropped afterwards, whoever still holds it."""
+    name = f"tracer_test_{uuid.uuid4().hex[:12]}"
+    run_apart(lambda: admin(pg_server, f'CREATE DATABASE "{name}"'))
+    try:
+        yield pg_server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        run_apart(lambda: admin(pg_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def engine(pg_url: str) -> Any:
+    engine = store.create_engine(pg_url)
+    await store.create_schema(engine)
+    yield engine
+    await engine.dispose()
+
+
+def trace(i: int, label: str | None = "a", **changes: Any) -> store.Trace:
+    record = store.Trace(
+        task="t", input=f"text {i}", label=label, raw_output=label, model="m", latency_ms=1.0
+    )
+    return replace(record, **changes)
+
+
+async def columns(engine: AsyncEngine, table: str) -> set[str]:
+    query = text("SELECT column_name FROM information_schema.columns WHERE table_name = :t")
+    async with engine.connect() as conn:
+        return {row[0] for row in (await conn.execute(query, {"t": table})).all()}
+
+
+# -- the writer -----------------------------------------------------------------------------
+
+
+async def test_the_writer_stores_batches_of_traces_decisions_and_audits(engine: AsyncEngine):
+    stored: list[store.Record] = []
+    writer = store.StoreWriter(engine, on_stored=stored.extend, batch_size=500, linger_s=0.01)
+    writer.start()
+    sources = ["teacher", "deferred", "audit", "explore"]
+    for i in range(1200):  # several batches
+        label = None if i % 10 == 0 else ("a" if i % 3 else "b")
+        writer.submit(trace(i, label=label, source=sources[i % 4], prompt_tokens=i, cost_usd=0.5))
+        writer.submit(trace(i, task="other"))
+    for i in range(40):
+        writer.submit(store.Decision(
+            task="t", decision="handled" if i % 4 else "deferred", reason="r", latency_ms=0.5,
+            label="a", accept_score=0.9, model_version="v1" if i < 30 else "v2",
+            ood=i % 5 == 0, cluster=i % 3, input=f"text {i}", shadow_agrees=True,
+        ))  # fmt: skip
+        writer.submit(store.Audit(task="t", version="v1", agrees=i % 7 != 0, cluster=i % 3))
+    await writer.close()
+    assert len(stored) == 2480
+
+    rows = [row async for row in store.iter_traces(engine, "t")]
+    assert len(rows) == 1080
+    assert [r["input"] for r in rows[:3]] == ["text 1", "text 2", "text 3"]
+    assert all(r["valid"] is True and r["task"] == "t" for r in rows)
+    assert rows[0]["created_at"].tzinfo is not None and rows[0]["prompt_tokens"] == 1
+    everything = [row async for row in store.iter_traces(engine, "t", valid_only=False)]
+    assert len(everything) == 1200 and everything[0]["label"] is None
+    after = [row async for row in store.iter_traces(engine, "t", after_id=rows[-2]["id"])]
+    assert [r["id"] for r in after] == [rows[-1]["id"]]
+
+    assert await store.count_traces(engine, "t") == 1080
+    assert await store.count_traces(engine, "t", after_id=rows[-1]["id"]) == 0
+    last_trace = await store.last_id(engine, "traces", "t")
+    assert last_trace == everything[-1]["id"]
+    # Sampled: valid, and not "deferred" (every 4th from i=1 is deferred).
+    sampled = sum(1 for i in range(1200) if i % 10 != 0 and sources[i % 4] != "deferred")
+    assert await store.count_sampled(engine, "t") == (sampled, last_trace)
+    assert await store.count_sampled(engine, "t", after_id=last_trace) == (0, last_trace)
+    firsts = await store.sampled_traces_after(engine, "t", 0, limit=3)
+    assert [(r[1], r[2], r[3]) for r in firsts] == [
+        ("text 2", "a", "a"), ("text 3", "b", "b"), ("text 4", "a", "a")
+    ]  # fmt: skip
+    assert len(await store.sampled_traces_after(engine, "t", 0)) == sampled
+
+    audits = await store.audits_after(engine, "t")
+    assert len(audits) == 40
+    assert audits[0][1:6] == ("v1", "surrogate", 0, False, "audit")  # (id, version, lane, ...)
+    assert await store.audits_after(engine, "t", after_id=audits[-1][0]) == []
+    assert len(await store.audits_after(engine, "t", after_id=audits[9][0], limit=5)) == 5
+    assert await store.last_id(engine, "audits", "t") == audits[-1][0]
+
+    decisions = await store.decisions_after(engine, "t")
+    assert len(decisions) == 40
+    assert decisions[0][1:4] == ("v1", True, "deferred")  # (id, version, ood, decision)
+    assert decisions[1][1:4] == ("v1", False, "handled")
+    assert await store.last_id(engine, "decisions", "t") == decisions[-1][0]
+    assert await store.last_id(engine, "decisions", "nobody") == 0
+    assert await store.served_coverage(engine, "t", "v1") == (22, 30)
+    assert await store.served_coverage(engine, "t", "v2", last=4) == (3, 4)
+    assert await store.served_coverage(engine, "t", "v9") == (0, 0)
+
+
+async def test_nul_and_lone_surrogates_become_storable_and_a_bad_row_is_dropped_alone(
+    engine: AsyncEngine,
+):
+    """PostgreSQL's text columns refuse NUL (and UTF-8 refuses lone surrogates): `storable`
+    turns both into U+FFFD. A row the server still refuses is found by halving the batch
+    and dropped alone; every other row of its batch is written."""
+    raw = text(
+        "INSERT INTO audits (task, lane, agrees, kind, input) VALUES ('t', 'l', true, 'a', :i)"
+    )
+    with pytest.raises(DBAPIError, match="0x00"):  # what the writer protects against
+        async with engine.begin() as conn:
+            await conn.execute(raw, {"i": "a\x00b"})
+    dropped: list[store.Record] = []
+    writer = store.StoreWriter(engine, on_dropped=dropped.append, linger_s=0.05)
+    writer.start()
+    for i in range(300):
+        said = "a\udc00" if i == 9 else "a\x00" if i == 10 else "a"
+        text_ = f"text {i}" + ("\ud800" if i == 7 else "") + ("\x00" if i == 8 else "")
+        writer.submit(trace(i, input=text_, raw_output=said))
+    writer.submit(store.Decision(task="t", decision="handled", reason="\ud800 \x00",
+                                 latency_ms=1.0, input="in\x00put", label="a\x00"))  # fmt: skip
+    writer.submit(store.Audit(task="t", version="v\x00", agrees=True, input="x\ud83dy\x00"))
+    # A row PostgreSQL refuses (and SQLite would take): a token count beyond its integer.
+    writer.submit(trace(300, prompt_tokens=2**40))
+    for i in range(301, 320):
+        writer.submit(trace(i))
+    await writer.close()
+
+    assert len(dropped) == 1 and isinstance(dropped[0], store.Trace)
+    assert dropped[0].input == "text 300"
+    rows = [row async for row in store.iter_traces(engine, "t")]
+    assert len(rows) == 319
+    assert rows[7]["input"] == "text 7\ufffd" and rows[8]["input"] == "text 8\ufffd"
+    assert rows[9]["raw_output"] == "a\ufffd" and rows[10]["raw_output"] == "a\ufffd"
+    assert rows[-1]["input"] == "text 319"
+    async with engine.connect() as conn:
+        decision = (await conn.execute(text("SELECT reason, input, label FROM decisions"))).one()
+        audit = (await conn.execute(text("SELECT version, input FROM audits"))).one()
+    assert tuple(decision) == ("\ufffd \ufffd", "in\ufffdput", "a\ufffd")
+    assert tuple(audit) == ("v\ufffd", "x\ufffdy\ufffd")
+
+
+async def test_an_unreachable_server_is_retried_not_dropped(pg_url: str):
+    """A refused connection is transient: the writer retries and, given up, counts the loss."""
+    url = make_url(pg_url).set(port=1)  # nothing listens on port 1
+    engine = store.create_engine(url.render_as_string(hide_password=False))
+    dropped: list[store.Record] = []
+    writer = store.StoreWriter(engine, on_dropped=dropped.append, linger_s=0, retry_s=0.4)
+    writer.start()
+    writer.submit(trace(0))
+    started = time.monotonic()
+    await writer.close()
+    assert time.monotonic() - started >= 0.2  # retried, with backoff, before giving up
+    assert len(dropped) == 1
+    await engine.dispose()
+
+
+# -- the schema -----------------------------------------------------------------------------
+
+
+async def test_create_schema_is_idempotent_and_adds_missing_nullable_columns(pg_url: str):
+    engine = store.create_engine(pg_url)
+    try:
+        await store.create_schema(engine)
+        await store.create_schema(engine)  # twice: nothing to do, nothing fails
+        assert {"shadow_agrees", "cost_usd", "lane"} <= await columns(engine, "decisions")
+        # A database from an older version: columns that came later are missing.
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE decisions DROP COLUMN shadow_agrees, "
+                                    "DROP COLUMN cost_usd, DROP COLUMN lane"))  # fmt: skip
+            await conn.execute(text("ALTER TABLE refits DROP COLUMN attempt, DROP COLUMN delta"))
+        assert "cost_usd" not in await columns(engine, "decisions")
+        await store.create_schema(engine)
+        assert {"shadow_agrees", "cost_usd", "lane"} <= await columns(engine, "decisions")
+        assert {"attempt", "delta"} <= await columns(engine, "refits")
+        async with engine.connect() as conn:
+            kinds = dict((await conn.execute(text(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'decisions' AND column_name IN ('shadow_agrees', 'cost_usd')"
+            ))).all())  # fmt: skip
+        assert kinds == {"shadow_agrees": "boolean", "cost_usd": "double precision"}
+        # ...and the re-added columns take writes and reads.
+        writer = store.StoreWriter(engine, linger_s=0)
+        writer.start()
+        writer.submit(store.Decision(task="t", decision="handled", reason="r", latency_ms=1.0,
+                                     lane="fast", shadow_agrees=False, cost_usd=0.25))  # fmt: skip
+        await writer.close()
+        async with engine.connect() as conn:
+            row = await conn.execute(text("SELECT lane, shadow_agrees, cost_usd FROM decisions"))
+            assert tuple(row.one()) == ("fast", False, 0.25)
+    finally:
+        await engine.dispose()
+
+
+async def test_replicas_starting_together_create_the_schema_once(pg_url: str):
+    """Four replicas' `create_schema` at once on a new database: none fails."""
+    engines = [store.create_engine(pg_url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(store.create_schema(e) for e in engines))
+        assert {"id", "task", "input", "source"} <= await columns(engines[0], "traces")
+    finally:
+        await asyncio.gather(*(e.dispose() for e in engines))
+
+
+# -- refits ---------------------------------------------------------------------------------
+
+
+async def test_refit_rows_attempts_candidates_and_history(engine: AsyncEngine):
+    def refit(outcome: str, delta: float | None, version: str | None = None) -> dict[str, Any]:
+        return {"task": "t", "outcome": outcome, "version": version, "n_traces": 100,
+                "last_trace_id": 100, "reason": None, "seconds": 1.5, "attempt": 1,
+                "delta": delta}  # fmt: skip
+
+    assert await store.refit_attempts(engine, "t") == 0
+    assert await store.last_refit(engine, "t") is None
+    await store.record_refit(engine, **refit("deployed", 0.02, "v0001"))
+    await store.record_refit(engine, **refit("refused", 0.0))  # refused before the test split
+    await store.record_refit(engine, **refit("failed", None))  # older rows: no delta recorded
+    await store.record_refit(engine, **refit("candidate", 0.01, "v0002"))
+    await store.record_refit(engine, **refit("candidate", 0.005, "v0003"))
+    await store.record_refit(engine, **refit("deployed", 0.01, "v0009") | {"task": "u"})
+    assert await store.refit_attempts(engine, "t") == 4
+    assert await store.refit_attempts(engine, "u") == 1
+
+    pending = await store.pending_candidates(engine, "t")
+    assert [p["version"] for p in pending] == ["v0002", "v0003"]
+    assert pending[0]["created_at"].tzinfo is not None
+    await store.settle_refit(engine, pending[0]["id"], "superseded", "a newer candidate")
+    await store.settle_refit(engine, pending[1]["id"], "deployed", None)
+    assert await store.pending_candidates(engine, "t") == []
+
+    history = await store.refit_history(engine, "t")
+    assert [h["outcome"] for h in history] == [
+        "deployed", "superseded", "failed", "refused", "deployed"
+    ]  # fmt: skip
+    assert history[1]["reason"] == "a newer candidate"
+    assert [h["version"] for h in await store.refit_history(engine, "t", limit=2)] == [
+        "v0003", "v0002"
+    ]  # fmt: skip
+    last = await store.last_refit(engine, "t")
+    assert last is not None and last["version"] == "v0003"
+
+
+# -- leases ---------------------------------------------------------------------------------
+
+
+async def lease_of(engine: AsyncEngine, task: str) -> tuple[str, float]:
+    async with engine.connect() as conn:
+        row = (await conn.execute(select(LeaseRow.holder, LeaseRow.expires_at)
+                                  .where(LeaseRow.task == task))).one()  # fmt: skip
+    return row[0], row[1]
+
+
+async def test_two_engines_racing_for_a_lease_one_wins(pg_url: str):
+    """Two replicas (two engines, two connection pools) race for each of 30 tasks' leases:
+    new ones (the INSERT path) and expired ones (the conditional UPDATE): one wins each."""
+    one, two = store.create_engine(pg_url), store.create_engine(pg_url)
+    try:
+        await store.create_schema(one)
+        for round_ in ("new", "expired"):
+            for k in range(30):
+                task = f"task-{k}"
+                if round_ == "expired":
+                    await store.release_lease(one, task, (await lease_of(one, task))[0])
+                won = await asyncio.gather(
+                    store.acquire_lease(one, task, "replica-1", 60),
+                    store.acquire_lease(two, task, "replica-2", 60),
+                )
+                assert sorted(won) == [False, True], (round_, task, won)
+                holder, _ = await lease_of(two, task)
+                assert holder == ("replica-1" if won[0] else "replica-2")
+    finally:
+        await asyncio.gather(one.dispose(), two.dispose())
+
+
+async def test_a_lease_is_renewed_by_its_holder_and_expires(engine: AsyncEngine):
+    assert await store.acquire_lease(engine, "t", "a", 60)
+    _, first = await lease_of(engine, "t")
+    assert not await store.acquire_lease(engine, "t", "b", 60)  # held
+    await asyncio.sleep(0.02)
+    assert await store.acquire_lease(engine, "t", "a", 60)  # renewed: later expiry
+    holder, renewed = await lease_of(engine, "t")
+    assert holder == "a" and renewed > first
+    assert await store.acquire_lease(engine, "t", "a", 0.3)  # renewal sets the new ttl
+    assert not await store.acquire_lease(engine, "t", "b", 60)
+    await asyncio.sleep(0.4)
+    assert await store.acquire_lease(engine, "t", "b", 60)  # expired: another takes it
+    assert not await store.acquire_lease(engine, "t", "a", 60)
+    await store.release_lease(engine, "t", "a")  # not the holder: changes nothing
+    assert not await store.acquire_lease(engine, "t", "a", 60)
+    await store.release_lease(engine, "t", "b")
+    assert await store.acquire_lease(engine, "t", "a", 60)
+    assert await lease_of(engine, "t") == ("a", pytest.approx(time.time() + 60, abs=5))
+
+
+# -- a real proxy ---------------------------------------------------------------------------
+
+
+def test_a_proxy_on_postgresql_stores_its_traces_and_decisions(pg_url: str, tmp_path: Path):
+    """`tracer serve`'s app with `store.url` on PostgreSQL, in front of the simulated teacher:
+    every task request is answered by the teacher and recorded in the server's tables."""
+    rows = make_intents(40, seed=3)
+    nul = ("my card\x00 has not arrived", INTENT_LABELS[0])  # NUL: stored as U+FFFD
+    sim = SimulatedTeacher(dict([*rows, nul]), labels=INTENT_LABELS)
+    refit = {"min_new_traces": 10_000, "interval_seconds": 3600}
+    with run_sim_teacher(sim) as teacher_url:
+        config = intents_config(teacher_url, tmp_path, store={"url": pg_url}, refit=refit)
+        with running_proxy(config) as url, httpx.Client(base_url=url, timeout=30) as client:
+            health = client.get(url.removesuffix("/v1") + "/healthz")
+            assert health.status_code == 200, health.text
+
+            def ask(row: tuple[str, str]) -> tuple[str, str, str]:
+                reply = client.post("/chat/completions", json={
+                    "model": "intents", "messages": [{"role": "user", "content": row[0]}],
+                })  # fmt: skip
+                assert reply.status_code == 200, reply.text
+                said = reply.json()["choices"][0]["message"]["content"]
+                return said, row[1], reply.headers["x-tracer-decision"]
+
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(ask, [*rows, nul]))
+            streamed = client.post("/chat/completions", json={
+                "model": "intents", "stream": True,
+                "messages": [{"role": "user", "content": rows[0][0]}],
+            })  # fmt: skip
+            assert streamed.status_code == 200 and "data: [DONE]" in streamed.text
+            classified = client.post("/classify", json={"task": "intents", "input": rows[1][0]})
+            assert classified.status_code == 200, classified.text
+            assert classified.json()["label"] == rows[1][1]
+        # The proxy has stopped: its writer flushed everything queued on the way out.
+    assert all(said == label and how == "teacher" for said, label, how in answers), answers
+
+    async def read() -> tuple[list[dict[str, Any]], list[tuple[Any, ...]]]:
+        engine = store.create_engine(pg_url)
+        try:
+            traces = [row async for row in store.iter_traces(engine, "intents")]
+            return traces, await store.decisions_after(engine, "intents")
+        finally:
+            await engine.dispose()
+
+    traces, decisions = run_apart(read)
+    assert len(traces) == len(rows) + 3 and len(decisions) == len(rows) + 3
+    stored = {(t["input"], t["label"]) for t in traces}
+    assert set(rows) <= stored
+    assert ("my card\ufffd has not arrived", INTENT_LABELS[0]) in stored
+    assert all(t["model"] == "teacher" and t["valid"] and t["latency_ms"] >= 0 for t in traces)
+    assert {d[3] for d in decisions} == {"teacher"}
+
+
+def test_two_proxies_started_together_share_one_database(pg_url: str, tmp_path: Path):
+    """Two proxies (two replicas) on one new PostgreSQL database, started at the same moment:
+    both create the schema without failing, and each one's traces land in the shared tables."""
+    rows = make_intents(20, seed=4)
+    sim = SimulatedTeacher(dict(rows), labels=INTENT_LABELS)
+    refit = {"min_new_traces": 10_000, "interval_seconds": 3600}
+    errors: list[BaseException] = []
+    together = threading.Barrier(2)
+
+    def replica(config: Any, share: list[tuple[str, str]]) -> None:
+        try:
+            together.wait(10)
+            with running_proxy(config) as url, httpx.Client(base_url=url, timeout=30) as client:
+                for text_, label in share:
+                    reply = client.post("/chat/completions", json={
+                        "model": "intents", "messages": [{"role": "user", "content": text_}],
+                    })  # fmt: skip
+                    assert reply.status_code == 200, reply.text
+                    assert reply.json()["choices"][0]["message"]["content"] == label
+        except BaseException as exc:
+            errors.append(exc)
+
+    with run_sim_teacher(sim) as teacher_url:
+        threads = [
+            threading.Thread(target=replica, args=(
+                intents_config(teacher_url, tmp_path / f"r{k}", store={"url": pg_url}, refit=refit),
+                rows[k::2],
+            ))
+            for k in range(2)
+        ]  # fmt: skip
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    assert errors == []
+
+    async def count() -> int:
+        engine = store.create_engine(pg_url)
+        try:
+            return await store.count_traces(engine, "intents")
+        finally:
+            await engine.dispose()
+
+    assert run_apart(count) == len(rows)
