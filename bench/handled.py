@@ -1,7 +1,7 @@
 """Handled-path latency and throughput (issue 4), with the deferred path beside it.
 
 Fits a surrogate on Banking77's train split (or reuses one with ``--artifacts``), points
-``current.json`` at it, and starts ``tracer serve`` (one uvicorn worker) in a subprocess,
+``current.json`` at it, and starts ``tracer serve`` (``--workers``, one by default) in a subprocess,
 with the simulated teacher (``tracer sim-teacher``) in another as the task's
 teacher. Then, through HTTP with 32 concurrent requests:
 
@@ -64,7 +64,9 @@ import openai  # noqa: E402
 DATASET = REPO.parent / "shared" / "datasets" / "banking77"
 HANDLED_TASK, DEFERRED_TASK = "banking77", "banking77-nomodel"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGET_P50_MS, TARGET_RPS = 3.0, 500.0
+# Issue 21: the proxy adds <= 0.5 ms at p50 over the floor, one request at a time, and one
+# worker serves >= 2,000 handled requests/s at 32 concurrent, both with the lean client.
+TARGET_ADDED_MS, TARGET_RPS = 0.5, 2000.0
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -106,7 +108,7 @@ def placed(placement: str, pids: Sequence[int]) -> Iterator[None]:
     if placement != "one-core":
         raise ValueError(f"unknown placement {placement!r}")
     everywhere = os.sched_getaffinity(0)
-    everyone = [os.getpid(), *pids]
+    everyone = [os.getpid(), *(member for pid in pids for member in family(pid))]
     for pid in everyone:
         set_affinity(pid, {min(everywhere)})
     try:
@@ -116,9 +118,32 @@ def placed(placement: str, pids: Sequence[int]) -> Iterator[None]:
             set_affinity(pid, everywhere)
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def family(pid: int) -> list[int]:
+    """`pid` and its descendants: `tracer serve --workers N` is a parent and N workers."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                children.setdefault(int(_stat(int(name))[1]), []).append(int(name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """User + system CPU of `pid` and its live descendants (the workers)."""
+    total = 0
+    for member in family(pid):
+        with contextlib.suppress(OSError):
+            fields = _stat(member)
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 @contextlib.contextmanager
@@ -162,10 +187,12 @@ def http_server(
         stop(proc)
 
 
-def proxy(config: Path, log: Path) -> contextlib.AbstractContextManager[tuple[str, int]]:
+def proxy(
+    config: Path, log: Path, workers: int = 1
+) -> contextlib.AbstractContextManager[tuple[str, int]]:
     port = free_port()
     cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
+    cmd += ["--port", str(port), "--log-level", "warning", "--workers", str(workers)]
     return http_server(cmd, port, "/healthz", "proxy", log)
 
 
@@ -487,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="where one-at-a-time rounds run: spread, one-core (see above)")  # fmt: skip
     p.add_argument("--teacher-latency-ms", type=float, default=800.0)
     p.add_argument("--clients", default="openai,openai-aiohttp,aiohttp")
+    p.add_argument("--workers", type=int, default=1,
+                   help="tracer serve --workers N (its CPU is the parent's and the workers')")
     p.add_argument("--processes", type=int, default=2,
                    help="also run the openai clients at full concurrency from this many "
                    "processes (0: do not)")  # fmt: skip
@@ -513,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with teacher(traces, args.teacher_latency_ms, work / "teacher.log") as teacher_url:
             config = work / "config.yaml"
             write_config(config, teacher_url, work, artifacts, labels)
-            with proxy(config, work / "proxy.log") as (url, pid):
+            with proxy(config, work / "proxy.log", args.workers) as (url, pid):
                 texts = [t for t, _ in test]
                 started = time.monotonic()
                 handled = asyncio.run(handled_inputs(url, texts))
@@ -581,13 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for (client, placement), rounds in pairs.items():
         proxied, floors = [p for p, _ in rounds], [f for _, f in rounds]
         added = [p - f for p, f in rounds]
-        met = "met" if median(proxied) <= TARGET_P50_MS else "missed"
+        met = "met" if median(added) <= TARGET_ADDED_MS else "missed"
         print(f"{client}, one at a time, {placement}, {len(rounds)} rounds: p50 "
-              f"{', '.join(f'{x:.2f}' for x in proxied)} ms (median {median(proxied):.2f}; "
-              f"target ≤ {TARGET_P50_MS:.0f}: {met}); "
+              f"{', '.join(f'{x:.2f}' for x in proxied)} ms (median {median(proxied):.2f}); "
               f"floor {', '.join(f'{x:.2f}' for x in floors)} (median {median(floors):.2f}); "
               f"the proxy adds {', '.join(f'{x:.2f}' for x in added)} "
-              f"(median {median(added):.2f})")  # fmt: skip
+              f"(median {median(added):.2f}; target ≤ {TARGET_ADDED_MS}: {met})")  # fmt: skip
     for run in runs:
         if run.name == "handled" and run.concurrency > 1:
             rps = run.n / run.wall_s
