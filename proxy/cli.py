@@ -174,6 +174,7 @@ def _models_list(args: argparse.Namespace) -> int:
                     "task": task.name,
                     "version": version,
                     "serving": version == current,
+                    "pinned": version == current and models.pinned(task.name),
                     "status": manifest.status if manifest is not None else "incomplete",
                     "created_at": manifest.created_at if manifest is not None else None,
                     "threshold": manifest.threshold if manifest is not None else None,
@@ -191,7 +192,7 @@ def _models_list(args: argparse.Namespace) -> int:
         return 0
     print(f"  {'task':<24} {'version':<7} {'status':<9} {'created':<26} figures")
     for r in rows:
-        mark = "*" if r["serving"] else " "
+        mark = "P" if r["pinned"] else "*" if r["serving"] else " "
         figures = (
             f"coverage {r['calibration_coverage']:.3f} agreement {r['calibration_agreement']:.3f}"
             if isinstance(r["calibration_coverage"], float)
@@ -203,7 +204,8 @@ def _models_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models_rollback(args: argparse.Namespace) -> int:
+def _models_change(args: argparse.Namespace) -> int:
+    """`models rollback`, `pin` and `unpin`: one write to where the pointer lives."""
     from router import ArtifactError
 
     from .models import ModelsUnavailable
@@ -216,13 +218,23 @@ def _models_rollback(args: argparse.Namespace) -> int:
     try:
         models = _model_store(config)
         try:
-            version = models.rollback(args.task, args.to)
+            if args.models_command == "unpin":
+                version = models.unpin(args.task)
+            elif args.models_command == "pin":
+                version = models.pin(args.task, args.version)
+            else:
+                version = models.rollback(args.task, args.to)
         finally:
             models.close()
     except (ArtifactError, ModelsUnavailable) as exc:
         print(f"tracer: {exc}", file=sys.stderr)
         return 1
-    print(f"task {args.task} now serves {version}; running proxies pick it up within seconds")
+    if args.models_command == "unpin":
+        print(f"task {args.task} is not pinned (it serves {version or 'no version'}): refits "
+              "and candidates may move it again")  # fmt: skip
+        return 0
+    print(f"task {args.task} now serves {version}, pinned until `tracer models unpin "
+          f"{args.task}`; running proxies pick it up within seconds")  # fmt: skip
     return 0
 
 
@@ -291,16 +303,28 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="show or change the served model versions")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     listing = models_sub.add_parser(
-        "list", help="every version of every task; * marks the served one"
+        "list", help="every version of every task; * marks the served one, P a pinned one"
     )
     listing.add_argument("--config", required=True)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_models_list)
-    rollback = models_sub.add_parser("rollback", help="serve the previous (or a given) version")
+    rollback = models_sub.add_parser(
+        "rollback", help="serve the newest certified version older than the served one (or "
+        "--to), pinned"
+    )  # fmt: skip
     rollback.add_argument("task")
     rollback.add_argument("--config", required=True)
-    rollback.add_argument("--to", help="the version to serve, e.g. v0002 (default: the previous)")
-    rollback.set_defaults(run=_models_rollback)
+    rollback.add_argument("--to", help="the version to serve, e.g. v0002")
+    pin = models_sub.add_parser("pin", help="serve a version (default: the served one) and "
+                                "hold it: refits wait as candidates until unpin")  # fmt: skip
+    pin.add_argument("task")
+    pin.add_argument("version", nargs="?")
+    pin.add_argument("--config", required=True)
+    unpin = models_sub.add_parser("unpin", help="let refits and candidates move the task again")
+    unpin.add_argument("task")
+    unpin.add_argument("--config", required=True)
+    for verb in (rollback, pin, unpin):
+        verb.set_defaults(run=_models_change)
 
     for name, (_, _, text) in DELEGATED.items():  # listed for --help; main() runs them
         sub.add_parser(name, help=text, add_help=False)

@@ -112,7 +112,11 @@ class ModelStore:
         pointer = self.pointer(task)
         return pointer["version"] if pointer else None
 
-    def set_current(self, task: str, version: str) -> None:
+    def pinned(self, task: str) -> bool:
+        """Held at its version by `tracer models pin` or a rollback: refits do not move it."""
+        return bool((self.pointer(task) or {}).get("pinned"))
+
+    def set_current(self, task: str, version: str, pinned: bool = False) -> None:
         """Point the task at a version, by atomic rename; the old one is kept for rollback."""
         if not (self.version_dir(task, version) / "manifest.json").is_file():
             raise ArtifactError(f"task {task} has no version {version}")
@@ -121,6 +125,7 @@ class ModelStore:
             "version": version,
             "previous": previous if previous != version else None,
             "updated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **({"pinned": True} if pinned else {}),
         }
         path = self.task_dir(task) / POINTER
         tmp = path.with_name(f".{POINTER}.{os.getpid()}.tmp")
@@ -153,17 +158,41 @@ class ModelStore:
         """Let go of what the store holds open."""
 
     def rollback(self, task: str, to: str | None = None) -> str:
-        """Serve ``to``, or else the version served before this one."""
-        pointer = self.pointer(task)
-        target = to or (pointer or {}).get("previous")
-        if not target:
-            raise ArtifactError(f"task {task} has no previous version to roll back to")
-        manifest = self.manifest(task, target)
-        if manifest is None or not manifest.deployed:
-            raise ArtifactError(f"version {target} of task {task} is not a deployable model")
-        Router.load(self.version_dir(task, target))  # verify before serving it
-        self.set_current(task, target)
-        return target
+        """Serve ``to``, or else the newest certified version older than the served one,
+        and pin it: run twice, it goes two versions back, and no refit undoes it."""
+        current = self.current(task)
+        if to is None:
+            older = [
+                v for v in self.versions(task)
+                if current is not None and int(v[1:]) < int(current[1:])
+            ]  # fmt: skip
+            to = next((v for v in reversed(older) if self._deployable(task, v)), None)
+            if to is None:
+                raise ArtifactError(f"task {task} has no older certified version to roll back to")
+        self.pin(task, to)
+        return to
+
+    def pin(self, task: str, version: str | None = None) -> str:
+        """Serve `version` (default: the served one) and hold it until `unpin`."""
+        version = version or self.current(task)
+        if version is None:
+            raise ArtifactError(f"task {task} serves no version to pin")
+        if not self._deployable(task, version):
+            raise ArtifactError(f"version {version} of task {task} is not a deployable model")
+        Router.load(self.version_dir(task, version))  # verify before serving it
+        self.set_current(task, version, pinned=True)
+        return version
+
+    def unpin(self, task: str) -> str | None:
+        """Let refits and promotions move the task again; the version it serves stays."""
+        version = self.current(task)
+        if version is not None and self.pinned(task):
+            self.set_current(task, version)
+        return version
+
+    def _deployable(self, task: str, version: str) -> bool:
+        manifest = self.manifest(task, version)
+        return manifest is not None and manifest.deployed
 
 
 @dataclass(frozen=True)

@@ -118,8 +118,8 @@ class Promotion:
     async def check(self, task: TaskConfig) -> RefitOutcome | None:
         """Settle the newest candidate of a task if the evidence allows; older ones lose."""
         pending = await store.pending_candidates(self.engine, task.name)
-        if not pending:
-            return None
+        if not pending or await asyncio.to_thread(self.models.store.pinned, task.name):
+            return None  # nothing to judge, or held where an operator put it
         *older, newest = pending
         for row in older:
             await store.settle_refit(

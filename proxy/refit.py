@@ -207,6 +207,11 @@ class RefitLoop:
     async def _passed(self, task: TaskConfig, version: str) -> RefitOutcome:
         """Serve a version that passed the gate now, or hold it as a candidate."""
         live = self.models.get(task.name)
+        if await asyncio.to_thread(self.models.store.pinned, task.name):
+            return RefitOutcome(
+                "candidate", version,
+                "passed the gate; the task is pinned (`tracer models unpin` lets it be judged)",
+            )  # fmt: skip
         if live is not None and self.monitor.fallback_reason(task.name) is None:
             return RefitOutcome(
                 "candidate", version,

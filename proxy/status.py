@@ -65,6 +65,7 @@ def served(models: ModelStore, task: TaskConfig) -> dict[str, Any] | None:
     cal = manifest.calibration
     return {
         "version": version,
+        "pinned": models.pinned(task.name),
         "loadable": manifest.deployed,
         "created_at": manifest.created_at,
         "target": manifest.alpha,

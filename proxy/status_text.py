@@ -39,8 +39,12 @@ def _served(model: dict[str, Any] | None) -> list[tuple[str, str]]:
         f"coverage {_f(test.get('coverage'))}, agreement "
         f"{_f(test.get('agreement_handled'))} on {test.get('n')} traces"
     )
+    pinned = " (pinned)" if model.get("pinned") else ""
     return [
-        ("served", f"{model['version']}, fitted {fitted}, threshold {_g(model['threshold'])}"),
+        (
+            "served",
+            f"{model['version']}{pinned}, fitted {fitted}, threshold {_g(model['threshold'])}",
+        ),
         ("certified", certified),
         ("held-out test", held_out),
     ]

@@ -115,6 +115,7 @@ class StoreModels(ModelStore):
             "version": row.version,
             "previous": row.previous,
             "updated_at": _iso(row.updated_at),
+            **({"pinned": True} if row.pinned else {}),
         }
 
     def versions(self, task: str) -> list[str]:
@@ -285,7 +286,7 @@ class StoreModels(ModelStore):
         return None
 
     # -- the pointer -----------------------------------------------------------------------------
-    def set_current(self, task: str, version: str) -> None:
+    def set_current(self, task: str, version: str, pinned: bool = False) -> None:
         """Point the task at a version: one row in the store (published first if need be)."""
         if complete(self._local(task, version)) and not self._published(task, version):
             self.publish(task, version)
@@ -293,7 +294,7 @@ class StoreModels(ModelStore):
             self.reload()
             if not self._published(task, version):
                 raise ArtifactError(f"task {task} has no version {version}")
-        row = self._db(lambda e: rows.set_pointer(e, task, version, self.holder))
+        row = self._db(lambda e: rows.set_pointer(e, task, version, self.holder, pinned))
         with self._lock:
             if self._pointers is None:
                 self._pointers = {}
@@ -314,6 +315,7 @@ class StoreModels(ModelStore):
             "version": row.version,
             "previous": row.previous,
             "updated_at": _iso(row.updated_at),
+            **({"pinned": True} if row.pinned else {}),
             MIRROR_KEY: row.updated_at,
         }
         if data == wanted:

@@ -171,3 +171,5 @@ class ModelPointerRow(Base):
     previous: Mapped[str | None] = mapped_column(String(64), nullable=True)
     updated_at: Mapped[float] = mapped_column(Float)  # epoch seconds
     holder: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    # `tracer models pin` (or a rollback): hold this version; refits wait as candidates.
+    pinned: Mapped[bool | None] = mapped_column(Boolean, nullable=True)

@@ -39,6 +39,7 @@ class Pointer:
     previous: str | None
     updated_at: float
     holder: str | None
+    pinned: bool = False  # held by `tracer models pin` or a rollback: refits do not move it
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,9 @@ async def snapshot(
     """Every task's pointer and versions (without manifests or files): one poll's read."""
     async with engine.connect() as conn:
         pointers = {
-            row.task: Pointer(row.version, row.previous, row.updated_at, row.holder)
+            row.task: Pointer(
+                row.version, row.previous, row.updated_at, row.holder, bool(row.pinned)
+            )
             for row in (await conn.execute(select(ModelPointerRow))).all()
         }
         query = select(
@@ -228,8 +231,11 @@ async def read_file(engine: AsyncEngine, task: str, version: str, name: str, out
     return digest.hexdigest()
 
 
-async def set_pointer(engine: AsyncEngine, task: str, version: str, holder: str) -> Pointer:
-    """Point a task at a version: one row updated (inserted the first time)."""
+async def set_pointer(
+    engine: AsyncEngine, task: str, version: str, holder: str, pinned: bool = False
+) -> Pointer:
+    """Point a task at a version, held there or not: one row updated (inserted the first
+    time)."""
     for _ in range(5):
         now = time.time()
         async with engine.begin() as conn:
@@ -244,21 +250,29 @@ async def set_pointer(engine: AsyncEngine, task: str, version: str, holder: str)
                     ),
                     updated_at=now,
                     holder=holder,
+                    pinned=pinned,
                 )
             )
             if moved.rowcount == 1:
                 row = (
                     await conn.execute(select(ModelPointerRow).where(ModelPointerRow.task == task))
                 ).one()
-                return Pointer(row.version, row.previous, row.updated_at, row.holder)
+                return Pointer(
+                    row.version, row.previous, row.updated_at, row.holder, bool(row.pinned)
+                )
         try:
             async with engine.begin() as conn:
                 await conn.execute(
                     insert(ModelPointerRow).values(
-                        task=task, version=version, previous=None, updated_at=now, holder=holder
+                        task=task,
+                        version=version,
+                        previous=None,
+                        updated_at=now,
+                        holder=holder,
+                        pinned=pinned,
                     )
                 )
         except IntegrityError:
             continue  # another replica created it meanwhile: update it instead
-        return Pointer(version, None, now, holder)
+        return Pointer(version, None, now, holder, pinned)
     raise RuntimeError(f"could not move the model pointer of task {task}")

@@ -227,7 +227,18 @@ def test_models_list_and_rollback_act_on_the_store(
         ("v0001", False, "deployed"), ("v0002", True, "deployed"),
     ]  # fmt: skip
     assert main(["models", "rollback", TASK, "--config", str(config)]) == 0
-    assert "now serves v0001" in capsys.readouterr().out
+    assert "now serves v0001, pinned" in capsys.readouterr().out
     assert main(["models", "list", "--config", str(config), "--json"]) == 0
-    assert [r["serving"] for r in json.loads(capsys.readouterr().out)] == [True, False]
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["serving"], r["pinned"]) for r in listed] == [(True, True), (False, False)]
+    # Run again, a rollback goes further back, never forward: here there is nothing older.
+    assert main(["models", "rollback", TASK, "--config", str(config)]) == 1
+    assert "no older certified version" in capsys.readouterr().err
+    assert main(["models", "pin", TASK, "v0002", "--config", str(config)]) == 0
+    assert "now serves v0002, pinned" in capsys.readouterr().out
+    assert main(["models", "unpin", TASK, "--config", str(config)]) == 0
+    assert "not pinned (it serves v0002)" in capsys.readouterr().out
+    assert main(["models", "list", "--config", str(config), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(r["serving"], r["pinned"]) for r in listed] == [(False, False), (True, False)]
     assert (tmp_path / "elsewhere" / TASK / "versions" / "v0001" / "manifest.json").is_file()

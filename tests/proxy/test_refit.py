@@ -136,6 +136,28 @@ async def test_a_candidate_is_judged_on_fresh_traffic_never_on_its_own_certifica
         assert state.models.store.current("intents") == swapped.version
 
 
+async def test_a_pinned_task_keeps_its_version_through_refits_and_demotions(tmp_path: Path):
+    """`tracer models pin` (or a rollback) holds the served version: a fit that passes
+    waits as a candidate, even in fallback, and is judged only once the task is unpinned."""
+    async with serving_intents(tmp_path) as (state, task):
+        state.models.store.pin("intents")
+        checks = state.monitor.task("intents").check
+        assert checks is not None
+        checks.verdict = "demoted by a test"  # in fallback, a passing fit would be served
+        await add_traces(state, make_intents(800, seed=6))
+        held = await state.refits.refit(task)
+        assert held.outcome == "candidate" and "pinned" in (held.reason or ""), held
+        await add_traces(state, [(f"{x} later", y) for x, y in make_intents(500, seed=7)],
+                         source="audit")  # fmt: skip
+        assert await state.promotion.check(task) is None  # held where the operator put it
+        assert state.models.store.current("intents") == "v0001"
+
+        assert state.models.store.unpin("intents") == "v0001"
+        settled = await state.promotion.check(task)
+        assert settled is not None and settled.outcome == "deployed", settled
+        assert state.models.store.current("intents") == held.version
+
+
 async def test_a_candidate_that_disagrees_on_fresh_traffic_is_rejected(tmp_path: Path):
     async with serving_intents(tmp_path) as (state, task):
         await add_traces(state, make_intents(800, seed=6))
