@@ -98,6 +98,7 @@ async def send(
                 calls = [(c.function.name, json.loads(c.function.arguments or "{}"))
                          for c in message.tool_calls or []]  # fmt: skip
                 out[i] = {"decision": raw.headers["x-tracer-decision"],
+                          "reason": raw.headers.get("x-tracer-reason", ""),
                           "narrowed": raw.headers.get("x-tracer-narrowed-to"),
                           "seconds": time.perf_counter() - started,
                           "calls": calls, "content": message.content}  # fmt: skip
@@ -189,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{sum(1 for r in results if r['narrowed']) / len(rows):.3f} | "
                       f"{'-' if agreement is None else f'{agreement:.3f}'} | {'; '.join(fits)} |",
                       flush=True)  # fmt: skip
+                missed = [r for r in results if r["decision"] != "handled"]
+                why = Counter(r["reason"].split(";")[-1].strip() for r in missed)
+                top = "; ".join(f"{n} {reason}" for reason, n in why.most_common(3))
+                print(f"  not answered locally, why (the reason's last clause): {top}")
             held_results = asyncio.run(send(base, held, tools, args.concurrency))
             oos_results = asyncio.run(send(base, oos, tools, args.concurrency))
             metrics = state.metrics.registry
@@ -225,6 +230,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"latency, {what}: p50 {1000 * statistics.median(values):.1f} ms over {len(values)}"
             )
     print("decisions on held-out: " + str(Counter(r["decision"] for r in all_results)))
+    why = Counter(r["reason"].split(";")[-1].strip()[:80] for r in all_results)
+    print("held-out, why (the reason's last clause): " + str(why.most_common(4)))
     return 0
 
 

@@ -18,7 +18,7 @@ from . import store
 from .config import TaskConfig
 from .errors import UpstreamError
 from .metrics import Metrics
-from .routing import Route
+from .routing import SURROGATE, Route
 from .teacher import Teacher, answer_key
 
 MAX_IN_FLIGHT = 64
@@ -70,9 +70,14 @@ class Auditor:
             self.metrics.audits.labels(task.name, "invalid").inc()
             return
         agrees = served == said if by_label else same_answer(served, said, task.output.format)
+        self.record(task, route, text, agrees)
+
+    def record(self, task: TaskConfig, route: Route, text: str, agrees: bool) -> None:
+        """An audit of the served version's answer (or, for a narrowed request sampled for
+        the teacher, of its tool choice): what the live checks read."""
         self.metrics.audits.labels(task.name, "agree" if agrees else "disagree").inc()
         cluster = route.prediction.cluster if route.prediction is not None else None
-        self.writer.submit(store.Audit(task.name, route.version, agrees, route.lane, cluster, text))
+        self.writer.submit(store.Audit(task.name, route.version, agrees, SURROGATE, cluster, text))
 
     async def stop(self) -> None:
         for job in list(self.jobs):

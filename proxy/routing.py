@@ -69,6 +69,7 @@ class Route:
     tool: ToolPlan | None = None  # a tool task: the whole call, or the tool to narrow to
     sampled: bool = False  # drawn at the sampling rate: its teacher answer samples the traffic
     audit_lane: str | None = None  # routed to this lane, sampled for the teacher instead
+    audit_tool: str | None = None  # narrowed to this tool, sampled for the teacher instead
     shadow: Shadow | None = None
 
     @property

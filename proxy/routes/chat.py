@@ -84,11 +84,15 @@ async def answer_task(
         state.remember_tools(task.name, body["tools"])
     if route.handled:
         return answer_locally(state, exchange, task, route, body, text)
-    if route.narrowed and state.sampling.draw(task):
+    if route.narrowed and state.sampling.draw(task, route.version):
         # A share goes whole to the teacher: a narrowed answer says nothing of which tool
-        # the teacher would choose, and refits need an unbiased sample of that.
+        # the teacher would choose, and refits need an unbiased sample of that. It is also
+        # an audit of the served version's tool choice, which a young version needs.
+        assert route.tool is not None
         reason = f"{route.reason}; sampled for the teacher instead"
-        route = replace(route, reason=reason, lane="teacher", tool=None, sampled=True)
+        tool = route.tool.name
+        route = replace(route, reason=reason, lane=TEACHER, tool=None, sampled=True,
+                        audit_tool=tool)  # fmt: skip
     if route.narrowed:
         narrowed = await narrow(state, exchange, task, route, body, text)
         if narrowed is not None:
@@ -243,6 +247,8 @@ async def ask_teacher(
     def keep(answer: TeacherAnswer) -> None:
         label = state.teacher.keep(exchange, task, text, route, answer)
         state.lane_calls.after_teacher(task, route, body, text, answer, label)
+        if route.audit_tool is not None and label is not None:
+            state.auditor.record(task, route, text, agrees=label == route.audit_tool)
 
     def field(said: Answer) -> dict[str, Any]:
         return route.body_field() | {"label": label_of(task, said)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,11 +154,14 @@ def test_arguments_that_fail_the_schema_are_narrowed_to_the_cheaper_model(served
         params["required"] = [*params.get("required", []), "units"]
     client = openai.OpenAI(base_url=base, api_key="x", max_retries=0)
     request.addfinalizer(client.close)
-    narrowed = 0
+    narrowed = sampled = 0
+    audits_before = audits_of_tool_choices(base)
     for text in [t for t in TEXTS[1400:1500] if expected(t) is not None]:
         raw = client.chat.completions.with_raw_response.create(
             model="intents", messages=ask(text), tools=strict
         )
+        # A narrowed request drawn for the teacher is an audit of the version's tool choice.
+        sampled += "sampled for the teacher instead" in raw.headers.get("x-tracer-reason", "")
         if raw.headers.get("x-tracer-narrowed-to") is None:
             continue
         narrowed += 1
@@ -170,11 +174,22 @@ def test_arguments_that_fail_the_schema_are_narrowed_to_the_cheaper_model(served
         assert sent and sent[-1]["tools"] == [name]
         assert sent[-1]["tool_choice"] == {"type": "function", "function": {"name": name}}
     assert narrowed >= 10
+    deadline = time.monotonic() + 10
+    while audits_of_tool_choices(base) < audits_before + sampled and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sampled > 0 and audits_of_tool_choices(base) >= audits_before + sampled
     metrics = httpx.get(base[:-3] + "/metrics").text
     assert 'tracer_narrowed_total{task="intents"}' in metrics
     lines = metrics.splitlines()
     saved = [x for x in lines if x.startswith("tracer_prompt_tokens_saved_total")]
     assert saved and float(saved[0].split()[-1]) > 0
+
+
+def audits_of_tool_choices(base: str) -> float:
+    """Audits of the served version, agreeing or not, from /metrics."""
+    text = httpx.get(base[:-3] + "/metrics").text
+    pattern = r'tracer_audits_total\{outcome="(?:agree|disagree)",task="intents"\} (\S+)'
+    return sum(float(x) for x in re.findall(pattern, text))
 
 
 def test_classify_on_a_tool_task_returns_the_tool_name(served):
