@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# What the Dockerfile's image does, checked without a container engine (CI has no Docker
-# daemon: `docker build` answers "Cannot connect to the Docker daemon at
-# unix:///var/run/docker.sock. Is the docker daemon running?").
+# What the Dockerfile's image does, checked without a container engine. CI has no Docker
+# daemon (`docker build` answers "Cannot connect to the Docker daemon at
+# unix:///var/run/docker.sock. Is the docker daemon running?"), and an engine installed
+# from the package registry (Debian's podman) could not build the image either: its base,
+# python:3.11-slim, comes from Docker Hub, which is not reachable from CI ("Could not
+# resolve host: registry-1.docker.io"; only the pip, apt and npm registries are).
 #
 # 1. the project's files the Dockerfile copies, copied to a temp folder, built into a wheel;
 # 2. a clean virtual environment from the system's Python (not the project's .venv, and no
