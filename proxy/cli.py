@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError, is_loopback, load_config
@@ -61,7 +62,11 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.access_log,
     )
-    ProxyServer(uvicorn.Config(create_app(config), host=host, port=port, **options)).run()
+    from .reload import reload_modes
+
+    server = ProxyServer(uvicorn.Config(create_app(config), host=host, port=port, **options))
+    server.on_hangup = lambda: reload_modes(Path(args.config), config)
+    server.run()
     return 0
 
 

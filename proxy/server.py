@@ -10,8 +10,12 @@ way of serving the proxy (the CLI, tests, the demo) the same settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import signal
 import socket
+import threading
+from collections.abc import Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -95,6 +99,24 @@ class ProxyServer(uvicorn.Server):
     first part is what an impatient operator wants; the second loses data. Here the
     shutdown runs anyway, and the writer bounds it (and logs what it abandons).
     """
+
+    on_hangup: Callable[[], object] | None = None  # SIGHUP: `proxy.reload`
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's signals, and SIGHUP for `on_hangup` (main thread only, as uvicorn's)."""
+        with super().capture_signals():
+            hangup = getattr(signal, "SIGHUP", None)
+            main = threading.current_thread() is threading.main_thread()
+            if self.on_hangup is None or hangup is None or not main:
+                yield
+                return
+            action = self.on_hangup
+            previous = signal.signal(hangup, lambda *_: action())
+            try:
+                yield
+            finally:
+                signal.signal(hangup, previous)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         await super().shutdown(sockets)

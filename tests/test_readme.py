@@ -145,14 +145,18 @@ def test_the_nothing_yet_quickstart_climbs(tmp_path):
 
 def test_the_i_have_logs_quickstart_imports_scans_and_shadows(tmp_path):
     """Import the logs, scan them, serve in shadow: the teacher answers every request,
-    and the proxy says what serving would have done."""
-    setup, tally, status = run_quickstart(tmp_path, "<!-- quickstart: logs -->", timeout=300)
+    and the proxy says what serving would have done. Then switch to serve with a reload."""
+    blocks = run_quickstart(tmp_path, "<!-- quickstart: logs -->", timeout=300)
+    setup, tally, status, _, served = blocks
     assert re.search(r"stored\s+2000", setup), setup
     assert "deploy" in setup, setup  # the scan's verdict
     would = ast.literal_eval(tally.strip().splitlines()[-1])  # {(decision, shadow): count}
     assert sum(would.values()) == 1000 and {d for d, _ in would} == {"teacher"}, would
     assert would.get(("teacher", "handled"), 0) > 0, would
     assert "shadow" in status, status
+    # Then mode: serve and a SIGHUP: the same proxy answers locally.
+    after = ast.literal_eval(served.strip().splitlines()[-1])
+    assert after.get("handled", 0) > sum(after.values()) / 2, after
 
 
 def test_the_run_the_proxy_snippet_reaches_the_example_task(tmp_path):
