@@ -9,12 +9,12 @@ skipped and counted.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from router.chat import same_answer
 
 from . import store
+from .background import BackgroundJobs
 from .config import TaskConfig
 from .errors import UpstreamError
 from .metrics import Metrics
@@ -29,7 +29,7 @@ class Auditor:
         self.teacher = teacher
         self.writer = writer
         self.metrics = metrics
-        self.jobs: set[asyncio.Task[None]] = set()
+        self.jobs = BackgroundJobs(MAX_IN_FLIGHT)
 
     def start(
         self,
@@ -41,13 +41,10 @@ class Auditor:
         by_label: bool = False,
     ) -> bool:
         """Audit a handled request in the background; False when too many already wait."""
-        if len(self.jobs) >= MAX_IN_FLIGHT:
-            self.metrics.audits.labels(task.name, "skipped").inc()
-            return False
-        job = asyncio.create_task(self._audit(task, route, body, text, served, by_label))
-        self.jobs.add(job)
-        job.add_done_callback(self.jobs.discard)
-        return True
+        if self.jobs.spawn(lambda: self._audit(task, route, body, text, served, by_label)):
+            return True
+        self.metrics.audits.labels(task.name, "skipped").inc()
+        return False
 
     async def _audit(
         self,
@@ -80,6 +77,4 @@ class Auditor:
         self.writer.submit(store.Audit(task.name, route.version, agrees, SURROGATE, cluster, text))
 
     async def stop(self) -> None:
-        for job in list(self.jobs):
-            job.cancel()
-        await asyncio.gather(*self.jobs, return_exceptions=True)
+        await self.jobs.stop()

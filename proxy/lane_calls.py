@@ -13,7 +13,6 @@ audit record that `proxy.monitor` feeds to the task's `TaskLanes`.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from router.chat import same_answer
 
 from . import store
+from .background import BackgroundJobs
 from .config import TaskConfig
 from .errors import UpstreamError
 from .lanes import TaskLanes
@@ -61,7 +61,7 @@ class LaneCalls:
         self.writer = writer
         self.metrics = metrics
         self.rng = rng or random.Random()
-        self.jobs: set[asyncio.Task[None]] = set()
+        self.jobs = BackgroundJobs(MAX_IN_FLIGHT)
 
     async def _ask(
         self, task: TaskConfig, lane: str, body: dict[str, Any]
@@ -124,12 +124,8 @@ class LaneCalls:
         lane: str,
         kind: str,
     ) -> None:
-        if len(self.jobs) >= MAX_IN_FLIGHT:
+        if not self.jobs.spawn(lambda: self._check(task, route, body, text, teacher, lane, kind)):
             self.metrics.lane_calls.labels(task.name, lane, "skipped").inc()
-            return
-        job = asyncio.create_task(self._check(task, route, body, text, teacher, lane, kind))
-        self.jobs.add(job)
-        job.add_done_callback(self.jobs.discard)
 
     async def _check(
         self,
@@ -162,6 +158,4 @@ class LaneCalls:
         )
 
     async def stop(self) -> None:
-        for job in list(self.jobs):
-            job.cancel()
-        await asyncio.gather(*self.jobs, return_exceptions=True)
+        await self.jobs.stop()

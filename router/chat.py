@@ -130,31 +130,54 @@ def _completion_id() -> str:
     return f"chatcmpl-tracer-{uuid.uuid4().hex[:24]}"
 
 
-def synthesize_completion(
-    content: str, model: str, extra: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """A chat.completion object for a locally answered request.
-
-    Usage is reported as zero tokens: no model was billed for the answer.
-    """
+def completion_body(
+    message: Mapping[str, Any], finish_reason: str, model: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """A chat.completion object with one choice; usage zero (no model was billed)."""
     body: dict[str, Any] = {
         "id": _completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
+            {"index": 0, "message": dict(message), "logprobs": None, "finish_reason": finish_reason}
         ],
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
     }
     if extra:
         body.update(extra)
     return body
+
+
+def completion_stream(
+    deltas: Sequence[tuple[Mapping[str, Any], str | None]], model: str,
+    include_usage: bool = False, extra: Mapping[str, Any] | None = None,
+) -> Iterator[str]:  # fmt: skip
+    """The SSE events of a streamed choice: each (delta, finish_reason), `extra` on the
+    last one, then [usage] and [DONE], as OpenAI sends them."""
+    base = {
+        "id": _completion_id(),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    for i, (delta, finish) in enumerate(deltas):
+        chunk = {**base, "choices": [{"index": 0, "delta": dict(delta), "finish_reason": finish}]}
+        if extra and i == len(deltas) - 1:
+            chunk.update(extra)
+        yield f"data: {json.dumps(chunk)}\n\n"
+    if include_usage:
+        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def synthesize_completion(
+    content: str, model: str, extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A chat.completion object for a locally answered request."""
+    return completion_body({"role": "assistant", "content": content}, "stop", model, extra)
 
 
 def synthesize_stream(
@@ -164,23 +187,9 @@ def synthesize_stream(
     extra: Mapping[str, Any] | None = None,
 ) -> Iterator[str]:
     """The SSE events of a streamed answer: role, content, stop, [usage], [DONE]."""
-    base = {
-        "id": _completion_id(),
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-    }
-    deltas: list[tuple[dict[str, Any], str | None]] = [
+    deltas: list[tuple[Mapping[str, Any], str | None]] = [
         ({"role": "assistant", "content": ""}, None),
         ({"content": content}, None),
         ({}, "stop"),
     ]
-    for i, (delta, finish) in enumerate(deltas):
-        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        if extra and i == len(deltas) - 1:
-            chunk.update(extra)
-        yield f"data: {json.dumps(chunk)}\n\n"
-    if include_usage:
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
-    yield "data: [DONE]\n\n"
+    return completion_stream(deltas, model, include_usage, extra)

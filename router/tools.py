@@ -14,14 +14,13 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from router.chat import MessageChoice, extract_input
+from router.chat import MessageChoice, completion_body, completion_stream, extract_input
 from router.errors import ArtifactError
 from router.tool_args import ArgumentExtractor
 
@@ -106,24 +105,8 @@ def tool_completion(
         "type": "function",
         "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)},
     }
-    body: dict[str, Any] = {
-        "id": f"chatcmpl-tracer-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": None, "tool_calls": [call]},
-                "logprobs": None,
-                "finish_reason": "tool_calls",
-            }
-        ],
-        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-    }
-    if extra:
-        body.update(extra)
-    return body
+    message = {"role": "assistant", "content": None, "tool_calls": [call]}
+    return completion_body(message, "tool_calls", model, extra)
 
 
 def tool_stream(
@@ -134,29 +117,15 @@ def tool_stream(
     extra: Mapping[str, Any] | None = None,
 ) -> Iterator[str]:
     """The SSE events of a streamed tool call, as OpenAI sends them."""
-    base = {
-        "id": f"chatcmpl-tracer-{uuid.uuid4().hex[:24]}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-    }
     text = json.dumps(arguments, ensure_ascii=False)
     opening = {"index": 0, "id": _call_id(), "type": "function",
                "function": {"name": name, "arguments": ""}}  # fmt: skip
-    deltas: list[tuple[dict[str, Any], str | None]] = [
+    deltas: list[tuple[Mapping[str, Any], str | None]] = [
         ({"role": "assistant", "content": None, "tool_calls": [opening]}, None),
         ({"tool_calls": [{"index": 0, "function": {"arguments": text}}]}, None),
         ({}, "tool_calls"),
     ]
-    for i, (delta, finish) in enumerate(deltas):
-        chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        if extra and i == len(deltas) - 1:
-            chunk.update(extra)
-        yield f"data: {json.dumps(chunk)}\n\n"
-    if include_usage:
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n"
-    yield "data: [DONE]\n\n"
+    return completion_stream(deltas, model, include_usage, extra)
 
 
 @dataclass(frozen=True)
