@@ -9,21 +9,16 @@ writing data as HTML.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import sqlite3
 import tomllib
-import uuid
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy.engine import URL, make_url
 from starlette.testclient import TestClient
 
 from proxy import store
@@ -95,41 +90,6 @@ def test_shadow_columns_count_what_the_model_would_have_done():
     assert totals["shadow"] == 13 and totals["shadow_handled"] == 10
     assert totals["shadow_judged"] == 8 and totals["shadow_agreed"] == 7
     assert totals["handled"] == 0 and totals["teacher"] == 13
-
-
-def _in_a_thread(make: Any) -> Any:
-    """Run a coroutine on a loop of its own (sync fixtures; pytest-asyncio owns the other)."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, make()).result()
-
-
-async def _admin(server: URL, statement: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(server.set(drivername="postgresql").render_as_string(False))
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """SQLite always; PostgreSQL where TRACER_TEST_PG_URL names a server (.ci/postgres.sh),
-    in a database of its own that is dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
-        return
-    raw = os.environ.get("TRACER_TEST_PG_URL")
-    if not raw:
-        pytest.skip("no PostgreSQL server: set TRACER_TEST_PG_URL, as .ci/postgres.sh does")
-    server = make_url(raw)
-    name = f"tracer_dash_{uuid.uuid4().hex[:12]}"
-    _in_a_thread(lambda: _admin(server, f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        _in_a_thread(lambda: _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 async def test_the_store_counts_new_rows_by_minute(store_url: str):

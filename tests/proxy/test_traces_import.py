@@ -4,21 +4,17 @@ stored once, every line accounted for, and nothing half-imported."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from proxy import store, traces_import
 from proxy.cli import main
-from tests.proxy.test_postgres_e2e import PG_ENV, admin, run_apart
+from tests.proxy.test_postgres_e2e import run_apart
 
 SYSTEM = "Classify the customer's banking question. Answer with one label."
 LABELS = ["card_arrival", "card_lost", "balance"]
@@ -343,21 +339,6 @@ def test_an_error_midway_leaves_no_rows(tmp_path, capsys, monkeypatch):
     assert [r["input"] for r in rows(tmp_path)] == ["already here"]
 
 
-@pytest.fixture
-def pg_store(tmp_path: Path) -> Iterator[str]:
-    """A new PostgreSQL database as tests/proxy/test_postgres_e2e.py makes them, or a skip."""
-    raw = os.environ.get(PG_ENV)
-    if not raw:
-        pytest.skip(f"no PostgreSQL server: set {PG_ENV}, as .ci/postgres.sh does")
-    server = make_url(raw)
-    name = f"tracer_test_{uuid.uuid4().hex[:12]}"
-    run_apart(lambda: admin(server, f'CREATE DATABASE "{name}"'))
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        run_apart(lambda: admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
 def pg_inputs(url: str) -> list[str]:
     async def read() -> list[str]:
         engine = store.create_engine(url)
@@ -371,8 +352,8 @@ def pg_inputs(url: str) -> list[str]:
     return run_apart(read)
 
 
-def test_an_error_midway_leaves_no_rows_on_postgresql(tmp_path, capsys, monkeypatch, pg_store):
-    cfg = config(tmp_path, url=pg_store)
+def test_an_error_midway_leaves_no_rows_on_postgresql(tmp_path, capsys, monkeypatch, pg_url):
+    cfg = config(tmp_path, url=pg_url)
     first = jsonl(
         tmp_path / "seed.jsonl",
         {"input": "already here", "label": "balance"},
@@ -386,4 +367,4 @@ def test_an_error_midway_leaves_no_rows_on_postgresql(tmp_path, capsys, monkeypa
     code = main(["traces", "import", "banking", str(five_traces(tmp_path)), "--config", str(cfg)])
     assert code == 1
     assert "nothing was imported" in capsys.readouterr().err
-    assert pg_inputs(pg_store) == ["already here"]
+    assert pg_inputs(pg_url) == ["already here"]
