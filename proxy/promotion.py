@@ -45,7 +45,6 @@ from .metrics import Metrics
 from .models import LiveModels
 from .monitor import Monitor
 from .refit import RefitOutcome, deploy
-from .store.queries import count_fresh, fresh_traces_after
 
 log = logging.getLogger("tracer.refit")
 
@@ -130,9 +129,9 @@ class Promotion:
         if live is None or self.monitor.fallback_reason(task.name) is not None:
             return await self._settle(task, newest, "deployed", "nothing else was served")
         after = int(newest["last_trace_id"])  # the candidate's data ends here
-        if await count_fresh(self.engine, task.name, after) < MIN_FRESH:
+        if await store.count_fresh(self.engine, task.name, after) < MIN_FRESH:
             return None
-        rows = await fresh_traces_after(self.engine, task.name, after, MAX_FRESH)
+        rows = await store.fresh_traces_after(self.engine, task.name, after, MAX_FRESH)
         try:
             candidate = await asyncio.to_thread(self._router, task.name, version)
         except ArtifactError as exc:

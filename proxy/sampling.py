@@ -37,7 +37,6 @@ from .config import Config, TaskConfig
 from .metrics import Metrics
 from .monitor import Monitor
 from .promotion import MIN_FRESH
-from .store.queries import count_fresh
 
 
 def sampling_rate(floor: float, boost: int, sampled: int) -> float:
@@ -141,7 +140,7 @@ class SamplingPolicy:
         known = self.waiting.get(task.name)
         if known is not None and known.version == version and known.fresh >= MIN_FRESH:
             return
-        fresh = await count_fresh(self.engine, task.name, after)
+        fresh = await store.count_fresh(self.engine, task.name, after)
         self.waiting[task.name] = Waiting(version, after, fresh)
 
     def _set(self, task: TaskConfig, count: int) -> None:

@@ -201,25 +201,6 @@ async def last_id(engine: AsyncEngine, table: str, task: str) -> int:
     return int(value or 0)
 
 
-async def sampled_traces_after(
-    engine: AsyncEngine, task: str, after_id: int, limit: int = 5000
-) -> list[tuple[int, str, str | None, str | None]]:
-    """(id, input, label, raw_output) of valid traces that sample the traffic."""
-    query = (
-        select(TraceRow.id, TraceRow.input, TraceRow.label, TraceRow.raw_output)
-        .where(
-            TraceRow.task == task,
-            TraceRow.id > after_id,
-            TraceRow.valid.is_(True),
-            TraceRow.source != TRAIN_ONLY,
-        )
-        .order_by(TraceRow.id)
-        .limit(limit)
-    )
-    async with engine.connect() as conn:
-        return [tuple(r) for r in (await conn.execute(query)).all()]  # type: ignore[misc]
-
-
 async def count_fresh(engine: AsyncEngine, task: str, after_id: int) -> int:
     """Fresh traces (`_fresh`) after `after_id`: what a candidate whose data ends at
     `after_id` is judged on."""

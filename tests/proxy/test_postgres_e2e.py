@@ -140,11 +140,11 @@ async def test_the_writer_stores_batches_of_traces_decisions_and_audits(engine: 
     sampled = sum(1 for i in range(1200) if i % 10 != 0 and sources[i % 4] != "deferred")
     assert await store.count_sampled(engine, "t") == (sampled, last_trace)
     assert await store.count_sampled(engine, "t", after_id=last_trace) == (0, last_trace)
-    firsts = await store.sampled_traces_after(engine, "t", 0, limit=3)
+    firsts = await store.fresh_traces_after(engine, "t", 0, limit=3)
     assert [(r[1], r[2], r[3]) for r in firsts] == [
         ("text 2", "a", "a"), ("text 3", "b", "b"), ("text 4", "a", "a")
     ]  # fmt: skip
-    assert len(await store.sampled_traces_after(engine, "t", 0)) == sampled
+    assert len(await store.fresh_traces_after(engine, "t", 0)) == sampled
 
     audits = await store.audits_after(engine, "t")
     assert len(audits) == 40
