@@ -27,7 +27,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import handled as bench
 
-PARTS = {  # (file suffix, function): what the README's profile table calls it
+PARTS = {  # (file suffix, function): what docs/benchmarks.md's profile table calls it
     ("router/router.py", "predict"): "the model: Router.predict (tokenise, ONNX, decide)",
     ("httptools_impl.py", "data_received"): "uvicorn: HTTP parsing",
     ("starlette/responses.py", "__call__"): "sending the response",
