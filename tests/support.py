@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from proxy.config import Config, parse_config
 from proxy.sim.synthetic import INTENTS
+from router.tools import call_json, tool_label
+from router.traces import Trace
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -124,3 +127,18 @@ def serve_fitted_intents(root: Path, rows: list[tuple[str, str]]) -> None:
     result = fit(rows, store.version_dir("intents", "v0001"), options)
     assert result.deployed, result.manifest.get("refusal")
     store.set_current("intents", "v0001")
+
+
+def tool_traces(steps: dict[str, dict[str, object]]) -> list[Trace]:
+    """A tool teacher's answers (as `make_tool_steps` gives them) as traces."""
+    out = []
+    for text, answer in steps.items():
+        calls = [
+            {"function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
+            for c in answer.get("tool_calls") or []  # type: ignore[attr-defined]
+        ]
+        content = answer.get("content")
+        label = tool_label(calls, content)  # type: ignore[arg-type]
+        assert label is not None
+        out.append(Trace(text, label, raw_output=call_json(calls, content)))  # type: ignore[arg-type]
+    return out

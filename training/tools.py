@@ -10,11 +10,20 @@ By a union bound both promises hold together with probability 1 - delta.
 
 A `message` (a reply that calls no tool) is answered locally only when the teacher's
 text for it is constant: one canonical text in at least `CONSTANT_SHARE` of them.
+
+Where the whole-call sequence starts matters: the fixed-sequence test stops at its
+first failure, and among the few most confident calls one slip of the teacher ends it.
+So the start is chosen on the validation split, with an extractor learned without
+that split (an honest estimate): the coverage at which calibration's lower bound is
+expected to be highest. It depends on the fit and validation splits only, never on
+calibration, so the test keeps its level.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -23,6 +32,7 @@ import numpy as np
 
 from router.pipeline import Pipeline
 from router.settings import FitOptions
+from router.stats import cp_lower
 from router.tools import MESSAGE, ToolCaller, user_text
 from router.traces import Trace
 from training.bound import calibrate, start_count_for
@@ -89,24 +99,56 @@ def fit_tools(
     progress: Progress,
 ) -> None:
     """Learn the arguments, certify the whole-call threshold, report both on test."""
+    calibration = splits.traces_of("calibration")
+    with progress.stage("tool arguments (start of the whole-call sequence)"):
+        fit_only = splits.traces_of("fit") + extra
+        validation = splits.traces_of("validation")
+        with tempfile.TemporaryDirectory() as folder:
+            honest, _ = _learn(fit_only, opts.seed, Path(folder))
+            v_scores, v_correct = _whole(honest, pipe, validation, name_threshold)
+        start = max(
+            start_count_for(len(calibration), opts.min_coverage),
+            expected_best_start(v_scores, v_correct, len(calibration), delta),
+        )
     with progress.stage("tool arguments"):
-        learn = splits.traces_of("fit") + splits.traces_of("validation") + extra
-        plan, model = fit_arguments(examples(learn), seed=opts.seed)
-        (tmp / PLAN_FILE).write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
-        (tmp / MODEL_FILE).write_bytes(model.SerializeToString())
-        message = message_section(learn)
-        section: dict[str, Any] = {"plan": PLAN_FILE, "file": MODEL_FILE, "message": message}
-        caller = ToolCaller(tmp, section)
+        caller, section = _learn(fit_only + validation, opts.seed, tmp)
     with progress.stage("certify whole calls (calibration)"):
-        scores, correct = _whole(caller, pipe, splits.traces_of("calibration"), name_threshold)
-        start = start_count_for(len(scores), opts.min_coverage)
+        scores, correct = _whole(caller, pipe, calibration, name_threshold)
+        start = min(start, int(np.isfinite(scores).sum()))  # counts only, never agreement
         cal = calibrate(scores, correct, alpha, delta, start_count=start)
+        section["whole_start_count"] = start
         section["whole_threshold"] = cal.threshold
         section["whole_calibration"] = cal.as_dict()
         progress.log(f"whole calls: threshold {cal.threshold}, coverage {cal.coverage:.3f}")
     caller.whole_threshold = cal.threshold
     section["test"] = _test(caller, pipe, splits.traces_of("test"), name_threshold)
     manifest["tools"] = section
+
+
+def _learn(traces: list[Trace], seed: int, folder: Path) -> tuple[ToolCaller, dict[str, Any]]:
+    """Fit the argument extractor on `traces`, write it into `folder`, load it back."""
+    plan, model = fit_arguments(examples(traces), seed=seed)
+    (folder / PLAN_FILE).write_text(json.dumps(plan, ensure_ascii=False), encoding="utf-8")
+    (folder / MODEL_FILE).write_bytes(model.SerializeToString())
+    section = {"plan": PLAN_FILE, "file": MODEL_FILE, "message": message_section(traces)}
+    return ToolCaller(folder, section), section
+
+
+def expected_best_start(
+    scores: np.ndarray, correct: np.ndarray, n_calibration: int, delta: float
+) -> int:
+    """The calibration count at which the lower bound is expected to be highest, were
+    calibration to agree at each coverage as these (validation) scores do."""
+    order = np.argsort(-scores, kind="stable")
+    finite = np.isfinite(scores[order])
+    if not finite.any() or n_calibration <= 0:
+        return 0
+    k = np.arange(1, int(finite.sum()) + 1)
+    agreement = np.cumsum(correct[order][: len(k)]) / k
+    m = np.maximum(1, np.round(k / len(scores) * n_calibration))
+    bounds = cp_lower(np.floor(agreement * m), m, delta)
+    best = len(bounds) - 1 - int(np.argmax(bounds[::-1]))  # the loosest of the best
+    return math.ceil(m[best])
 
 
 def _plans(

@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from proxy.sim.synthetic import REPLY, make_tool_steps
 from router import Router
 from router.settings import FitOptions
-from router.tools import MESSAGE, call_json, tool_label
+from router.tools import MESSAGE
 from router.traces import Trace
+from tests.support import tool_traces
 from training.fit import FitResult, fit
-
-
-def traces(steps: dict[str, dict[str, object]]) -> list[Trace]:
-    out = []
-    for text, answer in steps.items():
-        calls = [
-            {"function": {"name": c["name"], "arguments": json.dumps(c["arguments"])}}
-            for c in answer.get("tool_calls") or []  # type: ignore[attr-defined]
-        ]
-        content = answer.get("content")
-        label = tool_label(calls, content)  # type: ignore[arg-type]
-        assert label is not None
-        out.append(Trace(text, label, raw_output=call_json(calls, content)))  # type: ignore[arg-type]
-    return out
+from training.tools import expected_best_start
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +24,7 @@ def fitted(
     steps = make_tool_steps(1500, seed=4)
     options = FitOptions(kind="tools", target=0.9, confidence=0.9, min_coverage=0.05, quiet=True)
     out = tmp_path_factory.mktemp("tools") / "model"
-    return fit(traces(steps), out, options), make_tool_steps(1800, seed=5)
+    return fit(tool_traces(steps), out, options), make_tool_steps(1800, seed=5)
 
 
 def test_whole_calls_are_certified_and_reproduced(fitted):
@@ -82,7 +70,7 @@ def test_a_name_that_is_sure_but_arguments_that_are_not_is_narrowed(fitted):
 
 def test_narrowed_traces_teach_arguments_never_names(tmp_path: Path):
     steps = make_tool_steps(900, seed=6)
-    base = traces(steps)
+    base = tool_traces(steps)
     # Narrowed calls with a label that would poison the name classifier if it learned it.
     narrowed = [
         Trace(t.input + " again", "set_alarm", "narrowed", t.raw_output) for t in base[:300]
@@ -91,3 +79,13 @@ def test_narrowed_traces_teach_arguments_never_names(tmp_path: Path):
     result = fit(base + narrowed, tmp_path / "m", options)
     assert result.deployed, result.manifest.get("refusal")
     assert result.manifest["data"]["n_read"] == len(base)
+
+
+def test_the_whole_call_sequence_starts_where_validation_expects_the_best_bound():
+    # validation: the most confident half always right, the rest right a third of the time
+    scores = np.linspace(1.0, 0.0, 400)
+    correct = np.array([True] * 200 + [i % 3 == 0 for i in range(200)])
+    start = expected_best_start(scores, correct, n_calibration=1000, delta=0.05)
+    assert 450 <= start <= 520  # about half of calibration: where the right ones end
+    # where no score is finite, nothing can start
+    assert expected_best_start(np.full(5, -np.inf), np.ones(5, bool), 1000, 0.05) == 0
