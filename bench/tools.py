@@ -42,6 +42,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 import openai  # noqa: E402
 
+from proxy import store  # noqa: E402
 from proxy.app import create_app  # noqa: E402
 from proxy.config import parse_config  # noqa: E402
 from proxy.server import uvicorn_options  # noqa: E402
@@ -56,7 +57,7 @@ CLINC = REPO.parent / "shared" / "datasets" / "clinc150"
 TASK = "assistant"
 
 
-def config(teacher_url: str, work: Path, target: float) -> Any:
+def config(teacher_url: str, work: Path, target: float, embedder: str) -> Any:
     model = {"model_name": "teacher", "litellm_params": {
         "model": "openai/gpt-4o-mini", "api_key": "k", "api_base": teacher_url}}  # fmt: skip
     return parse_config(
@@ -70,6 +71,7 @@ def config(teacher_url: str, work: Path, target: float) -> Any:
                     "teacher": "teacher",
                     "target": target,
                     "min_coverage": 0.05,
+                    "embedder": embedder,
                 }
             ],
             "store": {"url": f"sqlite+aiosqlite:///{work / 'tracer.db'}"},
@@ -137,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--target", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--embedder", default="tfidf", help="the task's embedder (tasks[].embedder)")
     args = p.parse_args(argv)
     table = snips_calls(str(SNIPS), str(CLINC))
     tools = snips_tool_schemas(SNIPS)
@@ -150,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     oos = [t.strip() for t, _ in load_labelled(CLINC, "oos_test")]
     sim = SimulatedTeacher({}, tool_answers=table)
     with tempfile.TemporaryDirectory(prefix="tracer-tools-") as tmp, run_sim_teacher(sim) as url:
-        cfg = config(url, Path(tmp), args.target)
+        cfg = config(url, Path(tmp), args.target, args.embedder)
         app = create_app(cfg, refit=False)
         wrapped = _LoopCapture(app)
         options = uvicorn_options(keep_alive_s=75, read_timeout_s=30)
@@ -194,6 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 why = Counter(r["reason"].split(";")[-1].strip() for r in missed)
                 top = "; ".join(f"{n} {reason}" for reason, n in why.most_common(3))
                 print(f"  not answered locally, why (the reason's last clause): {top}")
+            history = asyncio.run_coroutine_threadsafe(
+                store.refit_history(state.engine, TASK), wrapped.loop
+            ).result(60)
+            print("\nrefits, as settled at the end of day 4:")
+            for row in reversed(history):
+                print(f"  {row['version']}: {row['outcome']} ({row['reason']})")
             held_results = asyncio.run(send(base, held, tools, args.concurrency))
             oos_results = asyncio.run(send(base, oos, tools, args.concurrency))
             metrics = state.metrics.registry

@@ -70,29 +70,29 @@ class Comparison:
         return binomial_cdf(self.candidate_only, discordant) < WORSE_LEVEL
 
 
+Rows = list[tuple[int, str, str | None, str | None]]  # (id, input, label, raw_output)
+Verdict = tuple[bool, bool | None]  # (answered locally, agrees with the teacher or unchecked)
+
+
 def compare(
-    candidate: Router, served: Router, rows: list[tuple[int, str, str | None, str | None]],
-    target: float, delta: float, output_format: str, by_label: bool = False,
+    candidate: Router, served: Router, rows: Rows,
+    target: float, delta: float, output_format: str, tools: bool = False,
 ) -> Comparison:  # fmt: skip
-    """Score both routers on the fresh traces (blocking: run it in a thread)."""
-    texts = [r[1] for r in rows]
-    ours, theirs = candidate.predict_batch(texts), served.predict_batch(texts)
+    """Score both routers on the fresh traces (blocking: run it in a thread).
+
+    For a tool task, what a version answers itself is its whole calls, so they are
+    what is counted and compared as calls; a name it would narrow to is checked
+    against the teacher's tool (the name is what it certified) but not counted.
+    """
+    judge = _whole_calls if tools else _answers
+    ours, theirs = judge(candidate, rows, output_format), judge(served, rows, output_format)
     test = agreement_test(target, delta)
-    agreed = handled = 0
-    mine = [d.decision == "handled" for d in ours]
-    yours = [d.decision == "handled" for d in theirs]
-    for (_, _, label, raw), decision in zip(rows, ours, strict=True):
-        if decision.decision != "handled":
-            continue
-        if by_label:  # a tool task: the name is what the gate certified
-            agrees = decision.label == label
-        else:
-            said = raw if raw is not None else label or ""
-            answer = candidate.manifest.answer(decision.label)
-            agrees = same_answer(answer, said, output_format)  # type: ignore[arg-type]
-        test.add(not agrees)
-        handled += 1
-        agreed += agrees
+    for _, agrees in ours:
+        if agrees is not None:
+            test.add(not agrees)
+    mine, yours = [local for local, _ in ours], [local for local, _ in theirs]
+    handled = sum(mine)
+    agreed = sum(bool(agrees) for local, agrees in ours if local)
     return Comparison(
         n=len(rows),
         candidate_handled=handled,
@@ -102,6 +102,36 @@ def compare(
         candidate_agreement=agreed / handled if handled else None,
         rejected=test.alarmed,
     )
+
+
+def _answers(router: Router, rows: Rows, output_format: str) -> list[Verdict]:
+    """Per trace: handled, and then whether the answer is the teacher's."""
+    out: list[Verdict] = []
+    for (_, _, label, raw), d in zip(rows, router.predict_batch([r[1] for r in rows]), strict=True):
+        if not d.handled:
+            out.append((False, None))
+            continue
+        said = raw if raw is not None else label or ""
+        answer = router.manifest.answer(d.label)
+        out.append((True, same_answer(answer, said, output_format)))  # type: ignore[arg-type]
+    return out
+
+
+def _whole_calls(router: Router, rows: Rows, output_format: str) -> list[Verdict]:
+    """Per trace: a whole call, checked as a call; or a narrowed name, checked as a name."""
+    caller = router.tools
+    out: list[Verdict] = []
+    for (_, text, label, raw), d in zip(
+        rows, router.predict_batch([r[1] for r in rows]), strict=True
+    ):
+        plan = caller.plan(d.label, d.accept_score, text) if caller and d.handled else None
+        if caller is not None and plan is not None and plan.kind == "whole":
+            out.append((True, caller.key(plan) == raw))
+        elif plan is not None and plan.kind == "narrow":
+            out.append((False, d.label == label))
+        else:
+            out.append((False, None))
+    return out
 
 
 class Promotion:

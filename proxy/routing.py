@@ -239,9 +239,9 @@ class Decider:
         reason = f"{prediction.reason}; {plan.reason}"
         if plan.kind == "whole" and plan.name == MESSAGE:
             return Route("handled", reason, SURROGATE, live, prediction, plan)
-        tool = offered_tool(body, plan.name)
-        if tool is None or plan.kind == "defer":
-            why = plan.reason if tool is not None else f"the request offers no tool {plan.name}"
+        tool = offered_tool(body, plan.name) if plan.kind != "defer" else None
+        if tool is None:
+            why = plan.reason if plan.kind == "defer" else f"the request offers no tool {plan.name}"
             return Route("deferred", f"{prediction.reason}; deferred: {why}", TEACHER, live,
                          prediction)  # fmt: skip
         if plan.kind == "whole" and valid_arguments(tool, plan.arguments or {}):

@@ -139,6 +139,14 @@ class ToolPlan:
     reason: str = ""
 
 
+def call_key(name: str, arguments: Mapping[str, Any] | None, message_text: str | None) -> str:
+    """A local answer written as `call_json` writes the teacher's, to compare the two."""
+    if name == MESSAGE:
+        return call_json(None, message_text)
+    call = {"function": {"name": name, "arguments": json.dumps(arguments or {})}}
+    return call_json([call], None)
+
+
 class ToolCaller:
     """An artifact's tool section: the argument extractor and the whole-call threshold."""
 
@@ -177,3 +185,7 @@ class ToolCaller:
             )
         why = "no whole-call threshold certified" if t is None else f"{score:.4f} < {t:.4f}"
         return ToolPlan("narrow", label, got.arguments, score, f"arguments not sure ({why})")
+
+    def key(self, plan: ToolPlan) -> str:
+        """A whole call's answer as the teacher's traces write it."""
+        return call_key(plan.name, plan.arguments, self.message_text)

@@ -8,7 +8,6 @@ maybe an audit in the background, `audit`) or ask the teacher and keep its answe
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import replace
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from router.tools import MESSAGE, call_json, parse_arguments
+from router.tools import MESSAGE, parse_arguments
 
 from ..answers import Answer
 from ..body_field import splice
@@ -165,13 +164,9 @@ def answer_locally(
 
 def local_call_key(route: Route) -> str:
     """A local tool answer as `teacher.answer_key` writes the teacher's, to compare them."""
-    assert route.tool is not None
-    if route.tool.name == MESSAGE:
-        assert route.live is not None and route.live.router.tools is not None
-        return call_json(None, route.live.router.tools.message_text)
-    call = {"function": {"name": route.tool.name,
-                         "arguments": json.dumps(route.tool.arguments or {})}}  # fmt: skip
-    return call_json([call], None)
+    assert route.tool is not None and route.live is not None
+    assert route.live.router.tools is not None
+    return route.live.router.tools.key(route.tool)
 
 
 async def narrow(
