@@ -131,6 +131,17 @@ def summarise(name: str, results: list[dict[str, Any]], answers: list[dict[str, 
             f"{(len(whole) + narrowed) / n:.3f} |")  # fmt: skip
 
 
+def whole_calls(folder: Path) -> str:
+    """A version's whole-call certificate, from its manifest."""
+    try:
+        tools = json.loads((folder / "manifest.json").read_text())["tools"]
+    except (OSError, KeyError, ValueError):
+        return "no tool section"
+    cal = tools["whole_calibration"]
+    return (f"whole calls: calibration {cal['n']}, started at {tools.get('whole_start_count')}, "
+            f"certified coverage {cal['coverage']:.3f}")  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--per-day", type=int, default=2000)
@@ -202,7 +213,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             ).result(60)
             print("\nrefits, as settled at the end of day 4:")
             for row in reversed(history):
-                print(f"  {row['version']}: {row['outcome']} ({row['reason']})")
+                folder = state.models.store.version_dir(TASK, row["version"])
+                print(
+                    f"  {row['version']}: {row['outcome']} ({row['reason']}); {whole_calls(folder)}"
+                )
             held_results = asyncio.run(send(base, held, tools, args.concurrency))
             oos_results = asyncio.run(send(base, oos, tools, args.concurrency))
             metrics = state.metrics.registry
@@ -226,9 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summarise("validate + oos_test", all_results, all_answers))
     reply_local = sum(r["decision"] == "handled" and r["content"] == OOS_REPLY for r in oos_results)
     call_local = sum(r["decision"] == "handled" and bool(r["calls"]) for r in oos_results)
+    call_narrowed = sum(bool(r["narrowed"]) for r in oos_results)
     print(f"\nout of scope (oos_test, {len(oos)}): the reply answered locally for "
           f"{reply_local / len(oos):.3f} (target >= 0.5); a tool call answered locally for "
-          f"{call_local / len(oos):.3f} (allowance {1 - args.target:.2f})")  # fmt: skip
+          f"{call_local / len(oos):.3f} (allowance {1 - args.target:.2f}); narrowed to a "
+          f"tool, i.e. a call the teacher would not have made, {call_narrowed / len(oos):.3f}")  # fmt: skip
     local_s = [r["seconds"] for r in held_results + oos_results if r["decision"] == "handled"]
     teacher_s = [r["seconds"] for r in held_results + oos_results if r["decision"] != "handled"]
     print(f"prompt tokens saved by {narrowed_n:.0f} narrowed calls: {saved:.0f} "
