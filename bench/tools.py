@@ -244,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nout of scope (oos_test, {len(oos)}): the reply answered locally for "
           f"{reply_local / len(oos):.3f} (target >= 0.5); a tool call answered locally for "
           f"{call_local / len(oos):.3f} (allowance {1 - args.target:.2f}); narrowed to a "
-          f"tool, i.e. a call the teacher would not have made, {call_narrowed / len(oos):.3f}")  # fmt: skip
+          f"tool (a call the teacher would not make) {call_narrowed / len(oos):.3f}")  # fmt: skip
     local_s = [r["seconds"] for r in held_results + oos_results if r["decision"] == "handled"]
     teacher_s = [r["seconds"] for r in held_results + oos_results if r["decision"] != "handled"]
     print(f"prompt tokens saved by {narrowed_n:.0f} narrowed calls: {saved:.0f} "
