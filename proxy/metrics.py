@@ -228,8 +228,9 @@ class Metrics:
         )
         self.shift_score = Gauge(
             "tracer_shift_score",
-            "Evidence that the share of out-of-distribution inputs rose above what the served "
-            "version's calibration saw, as a share of the alarm threshold (log scale).",
+            "Evidence that the share of unusual inputs (out of distribution, or less sure than "
+            "calibration's least sure 5%) rose above what the served version's calibration "
+            "saw, as a share of the alarm threshold (log scale).",
             ["task"],
             registry=r,
             multiprocess_mode="livemax",

@@ -8,11 +8,14 @@ store, so every worker and replica reaches the same verdict from the same rows:
   target reaches its threshold, the task falls back to the teacher, says why, and a
   refit on the new traffic is asked for. The chance that a version at or above the
   target is ever demoted this way is at most delta = 1 - confidence.
-- **shift**: each decided request says whether its input was out of distribution.
-  When that share rises well above what calibration saw, the traffic no longer
-  resembles the traces the certificate was computed on: the task samples every
-  request for the teacher until the agreement test has fresh evidence, and asks for
-  an early refit.
+- **shift**: each decided request says whether its input was unusual: out of
+  distribution, or scored below the accept score of calibration's least sure 5% of
+  inputs (`Baseline`). When that share rises well above what calibration saw, the
+  traffic no longer resembles the traces the certificate was computed on: the task
+  samples every request for the teacher until the agreement test has fresh evidence,
+  and asks for an early refit. Inputs the model is unsure of count because new kinds of
+  input need not be far from every class (a question no tool answers, worded like
+  those that one does).
 
 A new version is on probation: its first audits are sampled at a high rate
 (`tasks[].probation_boost`), so it proves itself on live traffic within hours.
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from router.manifest import Calibration
 from router.stats import cp_lower
 
 from . import store
@@ -42,6 +46,26 @@ SHIFT_SAMPLING = 200  # audits sampled at rate 1 after a shift alarm
 SHIFT_HISTORY = 5000  # decisions a restarted monitor looks back on for the shift test
 
 
+@dataclass(frozen=True)
+class Baseline:
+    """What calibration saw of its inputs: the `share` that were unusual."""
+
+    share: float = 0.0
+    low_accept: float | None = None  # None (an older artifact): out of distribution only
+
+    @classmethod
+    def of(cls, cal: Calibration | None) -> Baseline:
+        if cal is None:
+            return cls()
+        if cal.low_accept is None or cal.unusual_share is None:
+            return cls(cal.ood_share)
+        return cls(cal.unusual_share, cal.low_accept)
+
+    def unusual(self, ood: bool, accept_score: float | None) -> bool:
+        low = self.low_accept
+        return ood or (low is not None and accept_score is not None and accept_score < low)
+
+
 @dataclass
 class VersionCheck:
     """The live evidence about one served version of one task."""
@@ -49,6 +73,7 @@ class VersionCheck:
     version: str
     agreement: EDetector
     shift: EDetector
+    baseline: Baseline
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
     verdict: str | None = None
     shift_alarm_at: int | None = None  # the audit count when shift was detected
@@ -73,12 +98,13 @@ class TaskMonitor:
     def delta(self) -> float:
         return 1.0 - self.task.confidence
 
-    def serve(self, version: str, expected_ood: float) -> None:
+    def serve(self, version: str, baseline: Baseline) -> None:
         """A new version took traffic: its checks start from nothing."""
         self.check = VersionCheck(
             version,
             agreement_test(self.task.target, self.delta),
-            shift_test(expected_ood, self.delta),
+            shift_test(baseline.share, self.delta),
+            baseline,
         )
         self.refit_wanted = False
         for gauge in (self.metrics.fallback, self.metrics.drift_score, self.metrics.shift_score):
@@ -110,19 +136,22 @@ class TaskMonitor:
             log.warning("task %s: back to the teacher until a refit passes the gate: %s",
                         name, check.verdict)  # fmt: skip
 
-    def add_decision(self, version: str | None, ood: bool | None) -> None:
+    def add_decision(
+        self, version: str | None, ood: bool | None, accept_score: float | None = None
+    ) -> None:
         check = self.check
         if check is None or version != check.version or ood is None:
             return
-        check.shift.add(ood)
+        check.shift.add(check.baseline.unusual(ood, accept_score))
         self.metrics.shift_score.labels(self.task.name).set(check.shift.score)
         if check.shift_alarm_at is None and check.shift.alarmed:
             check.shift_alarm_at = check.audits
             self.refit_wanted = True
             log.warning(
                 "task %s: traffic shift: %.1f%% of version %s's recent inputs are out of "
-                "distribution (calibration expected at most %.1f%%); sampling every request "
-                "for the teacher until %d more audits, and refitting on the new traffic",
+                "distribution or less sure than calibration's least sure (calibration "
+                "expected at most %.1f%%); sampling every request for the teacher until %d "
+                "more audits, and refitting on the new traffic",
                 self.task.name, 100 * (check.shift.rate or 0), check.version,
                 100 * check.shift.p0, SHIFT_SAMPLING,
             )  # fmt: skip
@@ -167,9 +196,9 @@ class Monitor:
         monitor = self.tasks.get(task)
         return monitor.fallback_reason if monitor is not None else None
 
-    def serve(self, task: str, version: str, expected_ood: float) -> None:
+    def serve(self, task: str, version: str, baseline: Baseline) -> None:
         """A swap: the version's checks are rebuilt from the store at the next poll."""
-        self.tasks[task].serve(version, expected_ood)
+        self.tasks[task].serve(version, baseline)
         if task not in self.lanes:  # (lane checks, read in order once, are kept across swaps)
             self._audit_id[task] = 0  # its audits so far (after a restart) count too
 
@@ -202,8 +231,8 @@ class Monitor:
             self._decision_id[name] = max(0, newest - SHIFT_HISTORY)
         while True:
             rows = await store.decisions_after(self.engine, name, self._decision_id[name])
-            for row_id, version, ood, _decision in rows:
-                monitor.add_decision(version, ood)
+            for row_id, version, ood, _decision, accept_score in rows:
+                monitor.add_decision(version, ood, accept_score)
                 self._decision_id[name] = row_id
             if len(rows) < 10_000:
                 return

@@ -23,7 +23,7 @@ from .lanes import TaskLanes, lane_prices
 from .ledger import Ledger
 from .metrics import Metrics
 from .models import LiveModel, LiveModels
-from .monitor import Monitor
+from .monitor import Baseline, Monitor
 from .promotion import Promotion
 from .refit import POLL_S, RefitLoop
 from .routing import Decider
@@ -82,7 +82,7 @@ class ProxyState:
             self.metrics.forget(self.metrics.model_info, task, old.version)
         self.metrics.model_info.labels(task, new.version).set(1)
         cal = new.manifest.calibration
-        self.monitor.serve(task, new.version, cal.ood_share if cal is not None else 0.0)
+        self.monitor.serve(task, new.version, Baseline.of(cal))
         if cal is not None and cal.agreement is not None:
             self.metrics.calibration_agreement.labels(task).set(cal.agreement)
         self.metrics.calibration_coverage.labels(task).set(new.certified_coverage)

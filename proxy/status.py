@@ -31,7 +31,7 @@ from . import store
 from .config import Config, TaskConfig, load_config
 from .evidence import agreement_test, shift_test
 from .models import ModelStore
-from .monitor import SHIFT_HISTORY
+from .monitor import SHIFT_HISTORY, Baseline
 from .paths import sqlite_file
 from .store import dashboard
 from .store.schema import AuditRow, DecisionRow, TraceRow
@@ -76,6 +76,8 @@ def served(models: ModelStore, task: TaskConfig) -> dict[str, Any] | None:
         "calibration_lower_bound": cal.lower_bound if cal is not None else None,
         "calibration_n": cal.n if cal is not None else None,
         "ood_share": cal.ood_share if cal is not None else None,
+        "unusual_share": Baseline.of(cal).share,  # what the shift check expects
+        "low_accept": Baseline.of(cal).low_accept,
         "test": {k: manifest.test.get(k) for k in ("n", "coverage", "agreement_handled")},
     }
 
@@ -164,7 +166,7 @@ async def live(engine: AsyncEngine, task: str, at: datetime) -> dict[str, dict[s
 
 
 async def fallback(
-    engine: AsyncEngine, task: TaskConfig, version: str | None, expected_ood: float
+    engine: AsyncEngine, task: TaskConfig, version: str | None, baseline: Baseline
 ) -> dict[str, Any]:
     """The live checks of the served version, replayed from the store (module doc)."""
     if version is None:
@@ -180,12 +182,12 @@ async def fallback(
         async for (agrees,) in await conn.stream(query):
             test.add(not agrees)
     newest = await store.last_id(engine, "decisions", task.name)
-    shift = shift_test(expected_ood, delta)
-    for _, row_version, ood, _ in await store.decisions_after(
+    shift = shift_test(baseline.share, delta)
+    for _, row_version, ood, _, accept_score in await store.decisions_after(
         engine, task.name, max(0, newest - SHIFT_HISTORY)
     ):
         if row_version == version and ood is not None:
-            shift.add(bool(ood))
+            shift.add(baseline.unusual(ood, accept_score))
     n, bad = test.n_, test.events_
     out: dict[str, Any] = {
         "audits": n,
@@ -253,9 +255,10 @@ async def gather(config: Config, tasks: list[TaskConfig], at: datetime) -> list[
             if engine is None:
                 entry["store"] = f"no store at {file} yet (nothing has been served)"
             else:
-                expected = (model or {}).get("ood_share") or 0.0
+                seen = model or {}
+                baseline = Baseline(seen.get("unusual_share") or 0.0, seen.get("low_accept"))
                 entry["live"] = await live(engine, task.name, at)
-                entry["fallback"] = await fallback(engine, task, version, expected)
+                entry["fallback"] = await fallback(engine, task, version, baseline)
                 entry["last_refit"] = _refit(await store.last_refit(engine, task.name))
                 entry["traces"] = await trace_counts(engine, task.name)
             if model is not None and not model["loadable"]:

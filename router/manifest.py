@@ -181,6 +181,10 @@ class Calibration:
     agreement: float | None
     lower_bound: float | None
     ood_share: float = 0.0
+    # The accept score below which calibration's least sure inputs lay, and the share of
+    # its inputs out of distribution or below it (older artifacts: None, the OOD share).
+    low_accept: float | None = None
+    unusual_share: float | None = None
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any]) -> Calibration:
@@ -191,6 +195,8 @@ class Calibration:
             agreement=_number(raw, "agreement"),
             lower_bound=_number(raw, "lower_bound"),
             ood_share=_number(raw, "ood_share") or 0.0,
+            low_accept=_number(raw, "low_accept"),
+            unusual_share=_number(raw, "unusual_share"),
         )
 
 

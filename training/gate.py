@@ -23,6 +23,8 @@ from training.progress import Progress
 from training.report import save_heldout
 from training.stages import Features, Refusal, Splits
 
+LOW_SHARE = 0.05  # calibration's least sure share of inputs, watched live for a shift
+
 __all__ = ["calibrate_threshold", "gate", "heldout_clusters", "min_testable", "report_test"]
 
 
@@ -58,11 +60,27 @@ def calibrate_threshold(
         start = start_count_for(len(scores), max(opts.min_coverage, validation_coverage))
         cal = calibrate(scores, correct, alpha, delta, start_count=start)
         manifest["calibration_start_count"] = start
-        manifest["calibration"] = {**cal.as_dict(), "ood_share": float(s.ood.mean())}
+        manifest["calibration"] = {**cal.as_dict(), **unusual_inputs(s.accept_score, s.ood)}
         progress.log(
             f"threshold {cal.threshold}, coverage {cal.coverage:.3f}, agreement {cal.agreement}"
         )
     return cal
+
+
+def unusual_inputs(accept_score: np.ndarray, ood: np.ndarray) -> dict[str, float | None]:
+    """What the live shift check compares today's traffic with: the share of calibration
+    inputs that were out of distribution, and of those that were out of distribution or
+    scored below `low_accept`, the accept score of the least sure `LOW_SHARE` of the rest.
+    A jump in that share means inputs the model is unsure of, even when they are not far
+    from its classes: new kinds of input."""
+    inside = accept_score[~ood]
+    low = float(np.quantile(inside, LOW_SHARE, method="lower")) if len(inside) else None
+    unusual = ood | (accept_score < low) if low is not None else ood
+    return {
+        "ood_share": float(ood.mean()) if len(ood) else 0.0,
+        "low_accept": low,
+        "unusual_share": float(unusual.mean()) if len(ood) else 0.0,
+    }
 
 
 def gate(cal: Calibration, opts: FitOptions) -> None:

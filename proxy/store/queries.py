@@ -177,10 +177,17 @@ async def audits_after(
 
 async def decisions_after(
     engine: AsyncEngine, task: str, after_id: int = 0, limit: int = 10_000
-) -> list[tuple[int, str | None, bool | None, str]]:
-    """(id, model version, out of distribution, decision) of a task's decisions."""
+) -> list[tuple[int, str | None, bool | None, str, float | None]]:
+    """(id, model version, out of distribution, decision, accept score) of a task's
+    decisions."""
     query = (
-        select(DecisionRow.id, DecisionRow.model_version, DecisionRow.ood, DecisionRow.decision)
+        select(
+            DecisionRow.id,
+            DecisionRow.model_version,
+            DecisionRow.ood,
+            DecisionRow.decision,
+            DecisionRow.accept_score,
+        )
         .where(DecisionRow.task == task, DecisionRow.id > after_id)
         .order_by(DecisionRow.id)
         .limit(limit)

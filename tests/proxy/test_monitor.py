@@ -8,8 +8,9 @@ from pathlib import Path
 from proxy import store
 from proxy.config import parse_config
 from proxy.metrics import Metrics
-from proxy.monitor import SHIFT_SAMPLING, Monitor
+from proxy.monitor import SHIFT_SAMPLING, Baseline, Monitor
 from proxy.sampling import SamplingPolicy
+from router.manifest import Calibration
 
 TASK = {"name": "t", "match": {"model": "t"}, "teacher": "m", "target": 0.95}
 
@@ -36,7 +37,7 @@ async def started(tmp_path: Path, **task: object):
 
 async def test_a_version_whose_audits_disagree_is_demoted_and_asks_for_a_refit(tmp_path):
     _cfg, engine, writer, metrics, monitor = await started(tmp_path)
-    monitor.serve("t", "v0001", expected_ood=0.01)
+    monitor.serve("t", "v0001", Baseline(0.01))
     rng = random.Random(1)
     for _ in range(300):  # an older version's audits say nothing about v0001
         writer.submit(store.Audit("t", "v0000", agrees=False))
@@ -50,7 +51,7 @@ async def test_a_version_whose_audits_disagree_is_demoted_and_asks_for_a_refit(t
     assert checks.refit_wanted
     assert metrics.registry.get_sample_value("tracer_fallback_active", {"task": "t"}) == 1
     # A new version starts from nothing.
-    monitor.serve("t", "v0002", expected_ood=0.01)
+    monitor.serve("t", "v0002", Baseline(0.01))
     assert monitor.fallback_reason("t") is None and not checks.refit_wanted
     await writer.close()
     await engine.dispose()
@@ -62,7 +63,7 @@ async def test_a_restarted_proxy_rebuilds_the_evidence_from_the_store(tmp_path):
         writer.submit(store.Audit("t", "v0001", agrees=False))
     await writer.flush()
     fresh = Monitor(cfg, engine, Metrics())
-    fresh.serve("t", "v0001", expected_ood=0.0)
+    fresh.serve("t", "v0001", Baseline())
     await fresh.poll()
     assert fresh.task("t").version_audits == 100
     assert fresh.fallback_reason("t") is not None
@@ -74,7 +75,7 @@ async def test_a_jump_in_out_of_distribution_inputs_samples_everything(tmp_path)
     cfg, engine, writer, metrics, monitor = await started(tmp_path, audit_boost=0)
     sampling = SamplingPolicy(cfg, engine, metrics, monitor, random.Random(0))
     task = cfg.tasks[0]
-    monitor.serve("t", "v0001", expected_ood=0.01)
+    monitor.serve("t", "v0001", Baseline(0.01))
     for _ in range(2000):  # probation over: 2000 audits that agree
         writer.submit(store.Audit("t", "v0001", agrees=True))
     rng = random.Random(2)
@@ -105,12 +106,44 @@ async def test_a_jump_in_out_of_distribution_inputs_samples_everything(tmp_path)
     await engine.dispose()
 
 
+async def test_a_jump_in_inputs_the_model_is_unsure_of_is_a_shift_too(tmp_path):
+    # Calibration: 1% out of distribution, and 5% more scored below 0.6. Today's inputs
+    # are no further from the classes, but a third of them score below 0.6.
+    cfg, engine, writer, _metrics, monitor = await started(tmp_path, audit_boost=0)
+    monitor.serve("t", "v0001", Baseline(0.06, low_accept=0.6))
+    rng = random.Random(3)
+
+    def decisions(n: int, unsure: float) -> None:
+        for _ in range(n):
+            score = rng.uniform(0.2, 0.6) if rng.random() < unsure else rng.uniform(0.6, 1.0)
+            ood = rng.random() < 0.01
+            writer.submit(store.Decision("t", "handled", "r", 1.0, accept_score=score,
+                                         model_version="v0001", ood=ood))  # fmt: skip
+
+    decisions(2000, unsure=0.05)
+    await writer.flush()
+    await monitor.poll()
+    assert not monitor.task("t").shift_sampling
+    decisions(300, unsure=0.33)
+    await writer.flush()
+    await monitor.poll()
+    checks = monitor.task("t")
+    assert checks.shift_sampling and checks.refit_wanted
+    # an older artifact, which recorded no low score, watches out-of-distribution inputs only
+    older = Monitor(cfg, engine, Metrics())
+    older.serve("t", "v0001", Baseline.of(Calibration(0.5, 100, 0.9, 0.96, 0.95, 0.01)))
+    await older.poll()
+    assert not older.task("t").shift_sampling
+    await writer.close()
+    await engine.dispose()
+
+
 async def test_a_new_version_is_audited_at_a_high_rate_until_it_has_evidence(tmp_path):
     cfg, engine, writer, metrics, monitor = await started(tmp_path, audit_boost=0)
     sampling = SamplingPolicy(cfg, engine, metrics, monitor, random.Random(0))
     task = cfg.tasks[0]
     assert sampling.rate(task) == task.audit_rate  # no version served: the floor
-    monitor.serve("t", "v0001", expected_ood=0.0)
+    monitor.serve("t", "v0001", Baseline())
     assert sampling.rate(task) == 1.0
     drawn = sum(sampling.draw(task, "v0001") for _ in range(2000))
     # probation_boost / (audits + 1): the audits grow like the square root of the traffic

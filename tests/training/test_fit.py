@@ -21,6 +21,11 @@ def test_deploys_on_separable_set(deployed_artifact: FitResult) -> None:
     assert deployed_artifact.status == "deployed"
     assert m["threshold"] is not None and m["calibration"]["lower_bound"] >= m["alpha"]
     assert m["calibration"]["coverage"] >= 0.8
+    # what the live shift check expects: the least sure 5% of in-distribution inputs (at
+    # most: on a set this easy, most scores are tied at the top)
+    cal = m["calibration"]
+    assert 0.0 < cal["low_accept"] <= 1.0
+    assert cal["ood_share"] <= cal["unusual_share"] <= cal["ood_share"] + 0.06
     assert m["test"]["n"] > 0 and m["test"]["agreement_handled"] >= 0.95
     assert set(m["splits"]) == {"fit", "validation", "calibration", "test"}
     assert sum(m["splits"].values()) == m["data"]["n_used"]
