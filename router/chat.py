@@ -19,6 +19,9 @@ OutputFormat = Literal["text", "json"]
 _QUOTES = "\"'`“”‘’"
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*(.*?)\s*```$", re.DOTALL)
 _SPACE = re.compile(r"\s+")
+# The longest label: the stores' label columns. A longer answer is prose, not a class
+# (and PostgreSQL would refuse the row where SQLite would keep it).
+MAX_LABEL_CHARS = 256
 
 
 def message_text(message: Mapping[str, Any]) -> str | None:
@@ -96,7 +99,7 @@ def parse_label(
             return None
         text = str(value)
     label = normalise_label(text)
-    if not label:
+    if not label or len(label) > MAX_LABEL_CHARS:
         return None
     if labels is None:
         return label

@@ -20,7 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from router.chat import MessageChoice, completion_body, completion_stream, extract_input
+from router.chat import (
+    MAX_LABEL_CHARS,
+    MessageChoice,
+    completion_body,
+    completion_stream,
+    extract_input,
+)
 from router.errors import ArtifactError
 from router.tool_args import ArgumentExtractor
 
@@ -63,8 +69,8 @@ def user_text(task_input: str) -> str:
 def tool_label(tool_calls: Sequence[Mapping[str, Any]] | None, content: str | None) -> str | None:
     """The teacher's decision as a label; None for an answer that makes none."""
     if tool_calls:
-        names = sorted(str(c["function"]["name"]) for c in tool_calls)
-        return "+".join(names)
+        label = "+".join(sorted(str(c["function"]["name"]) for c in tool_calls))
+        return label if len(label) <= MAX_LABEL_CHARS else None
     return MESSAGE if content else None
 
 

@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from router.chat import extract_input, parse_label, synthesize_completion, synthesize_stream
+from router.chat import (
+    MAX_LABEL_CHARS,
+    extract_input,
+    parse_label,
+    synthesize_completion,
+    synthesize_stream,
+)
+from router.tools import tool_label
 
 LABELS = ["card_arrival", "Lost_Card"]
 
@@ -32,6 +39,15 @@ def test_text_answers_are_normalised_into_the_closed_set(raw, expected):
 
 def test_open_label_set_keeps_any_normalised_answer():
     assert parse_label("  Refund  Request ", labels=None) == "refund request"
+
+
+def test_an_answer_longer_than_the_label_column_is_not_a_label():
+    # prose, not a class: stored as an invalid answer alike on SQLite and PostgreSQL
+    assert parse_label("x" * MAX_LABEL_CHARS, labels=None) == "x" * MAX_LABEL_CHARS
+    assert parse_label("x" * (MAX_LABEL_CHARS + 1), labels=None) is None
+    calls = [{"function": {"name": f"tool_{i:03d}"}} for i in range(40)]
+    assert tool_label(calls[:2], None) == "tool_000+tool_001"
+    assert tool_label(calls, None) is None
 
 
 @pytest.mark.parametrize(
