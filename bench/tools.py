@@ -6,7 +6,8 @@ oos_val (answered by the teacher with one fixed reply, no call) are shuffled and
 through the proxy by 16 openai clients as an agent would, with the 7 tool schemas,
 2,000 requests a day for 4 days. The proxy runs a tool task with the refit rule on
 (`min_new_traces` 1,000, time compressed: the loop's work every 100 requests).
-Then the held-out sets go through: SNIPS validate (700) and oos_test (1,000).
+Then the held-out sets go through, the live checks still run every 100 requests but no
+fit: SNIPS validate (700) and oos_test (1,000).
 
 Reported, by tool and overall: coverage of local whole calls and their agreement with
 the teacher's call (name and arguments as parsed JSON), coverage of narrowed calls,
@@ -217,8 +218,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(
                     f"  {row['version']}: {row['outcome']} ({row['reason']}); {whole_calls(folder)}"
                 )
-            held_results = asyncio.run(send(base, held, tools, args.concurrency))
-            oos_results = asyncio.run(send(base, oos, tools, args.concurrency))
+
+            async def watch() -> None:  # the live checks, at the days' pace (no fits)
+                await state.writer.flush()
+                await state.poll()
+
+            def held_out(texts: list[str]) -> list[dict[str, Any]]:
+                out: list[dict[str, Any]] = []
+                for start in range(0, len(texts), args.step):
+                    out += asyncio.run(send(base, texts[start : start + args.step], tools,
+                                            args.concurrency))  # fmt: skip
+                    asyncio.run_coroutine_threadsafe(watch(), wrapped.loop).result(600)
+                return out
+
+            held_results, oos_results = held_out(held), held_out(oos)
             metrics = state.metrics.registry
             saved = (
                 metrics.get_sample_value("tracer_prompt_tokens_saved_total", {"task": TASK}) or 0
@@ -245,6 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{reply_local / len(oos):.3f} (target >= 0.5); a tool call answered locally for "
           f"{call_local / len(oos):.3f} (allowance {1 - args.target:.2f}); narrowed to a "
           f"tool (a call the teacher would not make) {call_narrowed / len(oos):.3f}")  # fmt: skip
+    sent = oos_results  # chunk by chunk (within a chunk, `send` takes them from the end)
+    size = len(sent) // 4
+    quarters = [sum(bool(r["narrowed"]) for r in sent[q * size : (q + 1) * size]) for q in range(4)]
+    print(f"  narrowed out-of-scope queries by quarter of the order sent: {quarters}")
     local_s = [r["seconds"] for r in held_results + oos_results if r["decision"] == "handled"]
     teacher_s = [r["seconds"] for r in held_results + oos_results if r["decision"] != "handled"]
     print(f"prompt tokens saved by {narrowed_n:.0f} narrowed calls: {saved:.0f} "
