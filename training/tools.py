@@ -103,13 +103,17 @@ def fit_tools(
     with progress.stage("tool arguments (start of the whole-call sequence)"):
         fit_only = splits.traces_of("fit") + extra
         validation = splits.traces_of("validation")
+        start = start_count_for(len(calibration), opts.min_coverage)
         with tempfile.TemporaryDirectory() as folder:
-            honest, _ = _learn(fit_only, opts.seed, Path(folder))
-            v_scores, v_correct = _whole(honest, pipe, validation, name_threshold)
-        start = max(
-            start_count_for(len(calibration), opts.min_coverage),
-            expected_best_start(v_scores, v_correct, len(calibration), delta),
-        )
+            try:
+                honest, _ = _learn(fit_only, opts.seed, Path(folder))
+            except ValueError:  # no tool call in the fit split: no estimate, the minimum
+                honest = None
+            if honest is not None:
+                v_scores, v_correct = _whole(honest, pipe, validation, name_threshold)
+                start = max(
+                    start, expected_best_start(v_scores, v_correct, len(calibration), delta)
+                )
     with progress.stage("tool arguments"):
         caller, section = _learn(fit_only + validation, opts.seed, tmp)
     with progress.stage("certify whole calls (calibration)"):
