@@ -196,6 +196,7 @@ async def fallback(
         "drift_score": round(test.score, 4),
         "shift_alarm": shift.alarmed,
         "shift_score": round(shift.score, 4),
+        "unusual_expected": round(baseline.share, 4),  # of inputs, from calibration
         "derived": "replayed from the store's audits as a worker does at start",
     }
     if test.alarmed:

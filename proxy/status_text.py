@@ -60,7 +60,9 @@ def _state(fb: dict[str, Any] | None) -> list[tuple[str, str]]:
                 "live checks",
                 f"{fb['audits']} audits of the served version, agreement {_f(fb['agreement'])} "
                 f"(lower bound {_f(fb['agreement_lower_bound'])}), drift score "
-                f"{_f(fb['drift_score'], 2)} (1 = demotion), shift alarm "
+                f"{_f(fb['drift_score'], 2)} (1 = demotion), shift score "
+                f"{_f(fb['shift_score'], 2)} (1 = alarm: unusual inputs well above the "
+                f"{_f(fb['unusual_expected'])} calibration saw), shift alarm "
                 f"{'yes' if fb['shift_alarm'] else 'no'}; {fb['derived']}",
             )
         )

@@ -136,6 +136,8 @@ def test_status_reports_the_served_version_live_figures_refits_and_traces(
     fallback = intents["fallback"]
     assert fallback["state"] == "serving" and fallback["audits"] == 6
     assert fallback["agreement"] == pytest.approx(5 / 6) and not fallback["shift_alarm"]
+    expected = manifest.calibration.unusual_share or manifest.calibration.ood_share
+    assert fallback["unusual_expected"] == pytest.approx(expected, abs=1e-4)
     assert intents["last_refit"]["outcome"] == "deployed"
     assert intents["last_refit"]["version"] == "v0001"
     assert intents["traces"] == {
