@@ -10,6 +10,8 @@ that neither was fitted or calibrated on. The cut is the candidate's `last_trace
 fit; `deferred` and `narrowed` traces (picked or labelled by the served version)
 are never part of the sample.
 
+- On a tool task, what a version answers itself is its whole calls: they are what is
+  counted, and checked as calls; a name it would only narrow to is checked as a name.
 - The candidate's answers on the traces it would handle feed the same sequential
   agreement test that guards a served version (`proxy.evidence`): if that test
   finds it below the target, it is rejected, before it serves anyone.
