@@ -63,6 +63,7 @@ def served(models: ModelStore, task: TaskConfig) -> dict[str, Any] | None:
     if manifest is None:
         return {"version": version, "loadable": False}
     cal = manifest.calibration
+    baseline = Baseline.of(cal)
     return {
         "version": version,
         "pinned": models.pinned(task.name),
@@ -76,8 +77,8 @@ def served(models: ModelStore, task: TaskConfig) -> dict[str, Any] | None:
         "calibration_lower_bound": cal.lower_bound if cal is not None else None,
         "calibration_n": cal.n if cal is not None else None,
         "ood_share": cal.ood_share if cal is not None else None,
-        "unusual_share": Baseline.of(cal).share,  # what the shift check expects
-        "low_accept": Baseline.of(cal).low_accept,
+        "unusual_share": baseline.share,  # what the shift check expects
+        "low_accept": baseline.low_accept,
         "test": {k: manifest.test.get(k) for k in ("n", "coverage", "agreement_handled")},
     }
 
