@@ -5,9 +5,11 @@ surrogate is fitted on the first 3,000 rows at `--target`; the next 4,000 are sc
 and each one the surrogate defers (in distribution) becomes a check of the simulated
 smaller model of `bench/lanes.py` (1% / 15% / 40% wrong by intent, from the seeded
 table, the same inputs every time). The checks are then certified by the proxy's own
-procedure (`proxy.lane_certify.certify`, round 1) twice: with each check's region being
-its cluster (what the proxy does), and being the surrogate's predicted label. Printed:
-the group each picks on the first half and what the second half says of it.
+procedure (`proxy.lane_certify.certify`, round 1) three ways: with each check's region
+being its cluster (a lane answering alone), the surrogate's predicted label, and its
+cluster among only the checks where the lane's answer is the surrogate's guess (a lane
+that confirms). Printed: the group each picks on the first half and what the second
+half says of it.
 
     .venv/bin/python bench/lane_regions.py --target 0.90
 """
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lanes as lane_bench
 
 from proxy.lane_certify import Check, certify, first_half, round_delta
-from proxy.sim.teacher import _stable_hash
+from proxy.sim.teacher import SimulatedTeacher
 from router import Router
 from router.settings import FitOptions
 from training.datasets import load_labelled
@@ -53,20 +55,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         router = Router.load(Path(tmp))
     stream = rows[args.fit_rows : args.fit_rows + args.check_rows]
     decisions = router.predict_batch([t for t, _ in stream])
-    checks, by_cluster, by_label = [], [], []
+    small = SimulatedTeacher(dict(stream), labels=labels, noise_by_label=noise)
+    checks, by_cluster, by_label, confirming = [], [], [], []
     for (text, label), d in zip(stream, decisions, strict=True):
-        draw = _stable_hash(f"0:{text.strip()}")  # as the simulated smaller model draws
-        checks.append(Check("small", text, (draw % 1_000_000) / 1_000_000 >= noise[label]))
+        said = small.answer_label(text)
+        checks.append(Check("small", text, said == label, said))
         lane_eligible = not d.handled and not d.ood
         by_cluster.append(d.cluster if lane_eligible else None)
         by_label.append(labels.index(d.label) if lane_eligible else None)
+        confirming.append(d.cluster if lane_eligible and said == d.label else None)
     eligible = [c for c, r in zip(checks, by_cluster, strict=True) if r is not None]
     print(f"alpha {args.target}: the surrogate handles "
           f"{sum(d.handled for d in decisions) / len(decisions):.3f}; {len(eligible)} deferred "
           f"in-distribution checks, the smaller model agreeing on "
           f"{sum(c.agrees for c in eligible) / max(1, len(eligible)):.3f}")  # fmt: skip
     delta = round_delta(0.05, 1)
-    for name, regions in (("cluster", by_cluster), ("predicted label", by_label)):
+    ways = (("cluster", by_cluster), ("predicted label", by_label),
+            ("cluster, where the lane confirms the guess", confirming))  # fmt: skip
+    for name, regions in ways:
         cert = certify(checks, regions, ["small"], args.target, delta, 1)
         group = cert.groups.get("small") if cert is not None else None
         if group is None:

@@ -70,7 +70,7 @@ def day_figures(day: Day, usd: float, fly: Flywheel) -> dict[str, Any]:
             "agreement": agreed / len(mine) if mine else None,
         }
     lanes = fly.state.lanes.get(TASK)
-    certificate = lanes.certificate if lanes is not None else None
+    certificates = lanes.certificates if lanes is not None else {}
     return {
         "day": day.day,
         "requests": day.requests,
@@ -79,8 +79,8 @@ def day_figures(day: Day, usd: float, fly: Flywheel) -> dict[str, Any]:
         "lanes": by_lane,
         "cost_usd": usd,
         "teacher_only_usd": day.requests * TEACHER_USD,
-        "certified_clusters": len(certificate.lanes) if certificate else 0,
-        "lane_round": certificate.round if certificate else 0,
+        "certified_clusters": {m: len(c.lanes) for m, c in certificates.items()},
+        "lane_round": lanes.round if lanes is not None else 0,
         "checks": len(lanes.checks) if lanes is not None else 0,
         "versions": day.versions,
     }
@@ -109,7 +109,8 @@ def fmt(value: float | None, digits: int = 3) -> str:
 
 def report(three: list[dict[str, Any]], two: list[dict[str, Any]], alpha: float) -> None:
     print("| day | surrogate | small | teacher | agreement: surrogate / small / teacher / all "
-          "| cost | two lanes | ratio | teacher only | certified clusters |")  # fmt: skip
+          "| cost | two lanes (their surrogate share) | ratio | teacher only "
+          "| certified clusters: alone / to confirm |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|")
     for a, b in zip(three, two, strict=True):
         lanes = a["lanes"]
@@ -117,8 +118,11 @@ def report(three: list[dict[str, Any]], two: list[dict[str, Any]], alpha: float)
         print(f"| {a['day']} | {fmt(lanes['surrogate']['share'])} | {fmt(lanes['small']['share'])} "
               f"| {fmt(lanes['teacher']['share'])} | {agreements} / {fmt(a['agreement'])} "
               f"| ${a['cost_usd']:.2f} | ${b['cost_usd']:.2f} "
+              f"({fmt(b['lanes']['surrogate']['share'])}) "
               f"| {a['cost_usd'] / b['cost_usd']:.3f} "
-              f"| ${a['teacher_only_usd']:.2f} | {a['certified_clusters']} "
+              f"| ${a['teacher_only_usd']:.2f} "
+              f"| {a['certified_clusters'].get('answers', 0)} / "
+              f"{a['certified_clusters'].get('confirms', 0)} "
               f"(round {a['lane_round']}, {a['checks']} checks) |")  # fmt: skip
     every_day = all((d["agreement"] or 0) >= alpha for d in three)
     per_lane = all(

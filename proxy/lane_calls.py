@@ -3,12 +3,15 @@
 A lane's answer is parsed with the task's rules and given in the teacher's own words
 for that label (`local.answer_text`), so a lane that agrees on the label gives the
 teacher's answer byte for byte. A lane that fails or answers no valid label hands the
-request back to the teacher: the client never sees a lane's error.
+request back to the teacher: the client never sees a lane's error. So does a lane that
+only confirms (`lane_certify.CONFIRMS`) when its label is not the surrogate's guess;
+the teacher's answer then checks it at no extra call.
 
 Checks run in the background after the teacher has answered, never delaying anyone:
 every lane on a share of the teacher's answers (`shadow`), and the one lane a request
-was routed to when it was sampled for the teacher instead (`audit`). Each becomes an
-audit record that `proxy.monitor` feeds to the task's `TaskLanes`.
+was routed to when it was sampled for the teacher instead (`audit`, or `confirm` for
+a confirming lane whose answer was the guess). Each becomes an audit record that
+`proxy.monitor` feeds to the task's `TaskLanes`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ class LaneAnswer:
 
 class LaneFailed(Exception):
     """The lane gave no usable answer; the message says why, for the route's reason."""
+
+    def __init__(self, message: str, said: tuple[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.said = said  # (lane, label): a valid answer not served, still worth a check
 
 
 class LaneCalls:
@@ -90,6 +97,12 @@ class LaneCalls:
         if label is None:
             self.metrics.lane_calls.labels(task.name, route.lane, "invalid").inc()
             raise LaneFailed(f"lane {route.lane}'s answer is not a valid label")
+        guess = route.prediction.label if route.prediction is not None else None
+        if route.confirms and label != guess:
+            self.metrics.lane_calls.labels(task.name, route.lane, "unconfirmed").inc()
+            raise LaneFailed(
+                f"lane {route.lane} answers {label!r}, not the guess", (route.lane, label)
+            )
         self.metrics.lane_calls.labels(task.name, route.lane, "answered").inc()
         return LaneAnswer(label, answer_text(task, route.live, label), cost)
 
@@ -108,7 +121,10 @@ class LaneCalls:
         said = answer_key(task, answer.answer)
         if lanes is None or label is None or said is None:
             return
-        if route.audit_lane is not None:
+        if route.lane_said is not None:  # the lane was asked already, and not served
+            lane, lane_label = route.lane_said
+            self._record(task, route, text, (label, said), lane, lane_label, "shadow")
+        elif route.audit_lane is not None:
             self._start(task, route, body, text, (label, said), route.audit_lane, "audit")
         elif self.rng.random() < lanes.shadow_rate():
             for lane in lanes.lanes:
@@ -137,12 +153,28 @@ class LaneCalls:
         lane: str,
         kind: str,
     ) -> None:
-        """Ask `lane` too; compare its answer, in the teacher's words, with the teacher's."""
+        """Ask `lane` too, and record how its answer compares with the teacher's."""
         try:
             answer, _ = await self._ask(task, lane, body)
         except LaneFailed:
             return
         label = label_of(task, answer.answer)
+        guess = route.prediction.label if route.prediction is not None else None
+        if kind == "audit" and route.confirms:  # an audit of what the lane would serve
+            kind = "confirm" if label is not None and label == guess else "shadow"
+        self._record(task, route, text, teacher, lane, label, kind)
+
+    def _record(
+        self,
+        task: TaskConfig,
+        route: Route,
+        text: str,
+        teacher: tuple[str, str],
+        lane: str,
+        label: str | None,
+        kind: str,
+    ) -> None:
+        """A check: the lane's label, in the teacher's words, against the teacher's answer."""
         teacher_label, said = teacher
         live = route.live
         if label is None:
@@ -154,7 +186,7 @@ class LaneCalls:
         self.metrics.lane_calls.labels(task.name, lane, "agree" if agrees else "disagree").inc()
         cluster = route.prediction.cluster if route.prediction is not None else None
         self.writer.submit(
-            store.Audit(task.name, route.version, agrees, lane, cluster, text, kind=kind)
+            store.Audit(task.name, route.version, agrees, lane, cluster, text, kind, label)
         )
 
     async def stop(self) -> None:

@@ -1,5 +1,18 @@
 """One certification round of the lanes: which lane may answer which cluster's requests.
 
+A lane serves a cluster in one of two modes, each certified on its own checks (`MODES`):
+
+- **answers**: the lane answers every deferred request of the cluster; its checks are
+  all the cluster's checks.
+- **confirms**: the lane is asked, and its answer is served only when it is the label
+  the surrogate guessed (its top label, not sure enough to answer alone); otherwise the
+  teacher answers. Its checks are those where the lane's answer was that guess. Two
+  models that err differently rarely agree on the same wrong label, so this region is
+  much purer than the cluster, and it needs no more than the lane being measured.
+
+A round shares delta_r equally among the modes it can test (counts only), and runs the
+procedure below once per mode, each at its share.
+
 A round spends delta_r of the task's delta on two kinds of certificate, each a one-sided
 Clopper-Pearson lower bound on agreement with the teacher that must reach alpha:
 
@@ -32,12 +45,16 @@ from dataclasses import dataclass, field
 
 from router.stats import cp_lower
 
+ANSWERS, CONFIRMS = "answers", "confirms"
+MODES = (ANSWERS, CONFIRMS)  # in the order a request tries them: a lane alone goes first
+
 
 @dataclass(frozen=True)
 class Check:
     lane: str
     input: str
     agrees: bool
+    answer: str | None = None  # the lane's label (None: none valid, or not recorded)
 
 
 @dataclass
@@ -112,6 +129,18 @@ def _testable(
     per_lane = {lane: sum(n for (_, ln), (_, n) in second.items() if ln == lane) for lane in lanes}
     grouped = [lane for lane in lanes if per_lane[lane] >= least_checks(alpha, delta)]
     return pairs, grouped
+
+
+def testable(
+    checks: Sequence[Check],
+    clusters: Sequence[int | None],
+    lanes: Sequence[str],
+    alpha: float,
+    delta_r: float,
+) -> bool:
+    """Whether a round at delta_r could certify anything at all, from the counts alone."""
+    pairs, grouped = _testable(checks, clusters, lanes, alpha, delta_r / 2)
+    return pairs or bool(grouped)
 
 
 def certify(

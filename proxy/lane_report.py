@@ -3,8 +3,8 @@
 The trainer writes a version's report when its fit ends; which lane answers a
 cluster's deferred requests is only known later, round by round, in the proxy. The
 report page and its JSON add it here: per cluster, each lane's agreement with the
-teacher (with a 95% interval), its certificate, its cost per 1,000 calls, and where
-the cluster's deferred requests go now.
+teacher (with a 95% interval) in each mode, its certificate, its cost per 1,000 calls,
+and where the cluster's deferred requests go now.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 
 from router.report_html import render_html
 
+from .lane_certify import ANSWERS
 from .lanes import TaskLanes
 
 
@@ -34,7 +35,7 @@ def with_lanes(report: dict[str, Any], lanes: TaskLanes) -> dict[str, Any]:
         if not isinstance(cluster, int):
             clusters.append(card)
             continue
-        chosen = lanes.choose(cluster) or "teacher"
+        chosen = describe(lanes.route(cluster))
         clusters.append({**card, "lanes": by_cluster.get(cluster, []), "deferred_to": chosen})
     summary = {
         "round": certificate.round,
@@ -46,6 +47,14 @@ def with_lanes(report: dict[str, Any], lanes: TaskLanes) -> dict[str, Any]:
         "usd_per_1000_calls": {lane: lanes.per_1000(lane) for lane in lanes.lanes},
     }
     return {**report, "clusters": clusters, "lanes": summary}
+
+
+def describe(chosen: tuple[str, str] | None) -> str:
+    """Where a cluster's deferred requests go, in words: a lane, how, or the teacher."""
+    if chosen is None:
+        return "teacher"
+    lane, mode = chosen
+    return lane if mode == ANSWERS else f"{lane} (confirms the surrogate's guess)"
 
 
 def render_report(path: Path, lanes: TaskLanes, as_json: bool) -> bytes:

@@ -17,11 +17,14 @@ as the teacher writes that label, is compared with the teacher's.
   held and spends nothing. (Each worker reads the checks when its poll comes, so two
   workers' rounds may read a few checks more or less.)
 - **Routing.** A deferred, in-distribution request goes to the cheapest lane certified
-  for its cluster; otherwise to the teacher.
-- **Keeping the lane honest.** Per (cluster, lane), the sequential test that guards the
-  surrogate reads the audits and demotes the lane there as soon as they show it below
-  alpha. A demoted lane's earlier checks no longer count: it is certified again, in a
-  later round, only on what it answered after its demotion.
+  to answer its cluster alone; else to the cheapest certified to confirm the
+  surrogate's guess there (the teacher answers when it does not); otherwise to the
+  teacher.
+- **Keeping the lane honest.** Per (cluster, lane, mode), the sequential test that
+  guards the surrogate reads the audits and demotes the lane from the cluster (in both
+  modes) as soon as they show it below alpha. A demoted lane's earlier checks no longer
+  count: it is certified again, in a later round, only on what it answered after its
+  demotion.
 - **Only the teacher teaches**: lane answers never become traces.
 """
 
@@ -34,10 +37,22 @@ from router.stats import cp_interval
 
 from .config import Config, ConfigError, TaskConfig
 from .evidence import EDetector, agreement_test
-from .lane_certify import Certificate, Check, certify, round_delta
+from .lane_certify import (
+    ANSWERS,
+    CONFIRMS,
+    MODES,
+    Certificate,
+    Check,
+    certify,
+    round_delta,
+    testable,
+)
 from .pricing import Prices, prices
 
 log = logging.getLogger("tracer.lanes")
+
+Serving = tuple[int, str, str]  # (cluster, lane, mode): where a lane serves, and how
+Guess = tuple[int | None, str | None]  # a check's cluster (None: not a lane's) and top label
 
 ROUND_START = 200  # checks before the first certification round
 GROWTH = 1.5  # a new round once the checks have grown this many times since the last
@@ -69,19 +84,19 @@ def lane_prices(config: Config, task: TaskConfig) -> list[tuple[str, Prices]]:
 
 
 class TaskLanes:
-    """The lanes of one task: checks, the current certificate and the live demotions."""
+    """The lanes of one task: checks, the current certificates and the live demotions."""
 
     def __init__(self, task: TaskConfig, priced: Sequence[tuple[str, Prices]]) -> None:
         self.task = task
         self.lanes = [name for name, _ in priced]  # cheapest first
         self.prices = dict(priced)
         self.checks: list[Check] = []
-        self.certificate: Certificate | None = None
+        self.certificates: dict[str, Certificate] = {}  # mode -> the last round's certificate
         self.version: str | None = None
         self.round = 0  # rounds held (a round that could certify nothing is not counted)
         self.read = 0  # the checks the last round read
-        self._audits: dict[tuple[int, str], EDetector] = {}
-        self.demoted: set[tuple[int, str]] = set()
+        self._audits: dict[Serving, EDetector] = {}
+        self.demoted: set[Serving] = set()
         self._spent: dict[str, tuple[float, int]] = {}  # lane -> (USD, calls)
         self._fresh_from: dict[str, int] = {}  # lane -> its first check after a demotion
 
@@ -89,17 +104,31 @@ class TaskLanes:
     def delta(self) -> float:
         return 1.0 - self.task.confidence
 
+    @property
+    def certificate(self) -> Certificate | None:
+        """The last round's certificate of lanes that answer alone."""
+        return self.certificates.get(ANSWERS)
+
     def shadow_rate(self) -> float:
         return max(SHADOW_FLOOR, min(1.0, SHADOW_ALL / max(len(self.checks), 1)))
 
-    def choose(self, cluster: int | None) -> str | None:
-        """The cheapest lane certified for `cluster` and not demoted there."""
-        certificate = self.certificate
+    def choose(self, cluster: int | None, mode: str = ANSWERS) -> str | None:
+        """The cheapest lane certified for `cluster` in `mode` and not demoted there."""
+        certificate = self.certificates.get(mode)
         if cluster is None or certificate is None:
             return None
         for lane in certificate.lanes.get(cluster, []):
-            if (cluster, lane) not in self.demoted:
+            if (cluster, lane, mode) not in self.demoted:
                 return lane
+        return None
+
+    def route(self, cluster: int | None) -> tuple[str, str] | None:
+        """(lane, mode) for a deferred request of `cluster`: a lane alone first, else one
+        that confirms the surrogate's guess; None: the teacher."""
+        for mode in MODES:
+            lane = self.choose(cluster, mode)
+            if lane is not None:
+                return lane, mode
         return None
 
     def paid(self, lane: str, usd: float | None) -> None:
@@ -113,24 +142,34 @@ class TaskLanes:
         total, n = self._spent.get(lane, (0.0, 0))
         return 1000 * (total / n if n else self.prices[lane].typical())
 
-    def add_check(self, lane: str, text: str, agrees: bool) -> None:
+    def add_check(self, lane: str, text: str, agrees: bool, answer: str | None = None) -> None:
         if lane in self.prices:
-            self.checks.append(Check(lane, text, agrees))
+            self.checks.append(Check(lane, text, agrees, answer))
 
-    def add_audit(self, lane: str, cluster: int | None, text: str, agrees: bool) -> None:
+    def add_audit(
+        self,
+        lane: str,
+        cluster: int | None,
+        text: str,
+        agrees: bool,
+        answer: str | None = None,
+        mode: str = ANSWERS,
+    ) -> None:
         """A lane's answer to a request routed to it, against the teacher's: a check for
         the next rounds, and evidence that may demote the lane from its cluster now."""
-        self.add_check(lane, text, agrees)
+        self.add_check(lane, text, agrees, answer)
         if cluster is None or lane not in self.prices:
             return
-        pair = (cluster, lane)
-        test = self._audits.setdefault(pair, agreement_test(self.task.target, self.delta))
+        serving = (cluster, lane, mode)
+        test = self._audits.setdefault(serving, agreement_test(self.task.target, self.delta))
         test.add(not agrees)
-        if test.alarmed and pair not in self.demoted:
-            self.demoted.add(pair)
+        if test.alarmed and serving not in self.demoted:
+            # A lane that drifted is not trusted in that cluster in any mode: what it
+            # was certified on is no longer what it answers.
+            self.demoted.update((cluster, lane, m) for m in MODES)
             self._fresh_from[lane] = len(self.checks)
-            log.warning("task %s: lane %s demoted from cluster %d: its audits show it "
-                        "below the target %s", self.task.name, lane, cluster,
+            log.warning("task %s: lane %s demoted from cluster %d (%s): its audits show it "
+                        "below the target %s", self.task.name, lane, cluster, mode,
                         self.task.target)  # fmt: skip
 
     def due(self, version: str | None) -> bool:
@@ -140,49 +179,59 @@ class TaskLanes:
             return False
         return version != self.version or n >= GROWTH * self.read
 
-    def recertify(
-        self, version: str, assign: Callable[[list[str]], list[int | None]]
-    ) -> Certificate | None:
-        """A round on every check so far, `assign` giving each one's cluster under
-        `version` (a blocking call: run it off the event loop)."""
+    def recertify(self, version: str, assign: Callable[[list[str]], list[Guess]]) -> None:
+        """A round on every check so far, `assign` giving each one's cluster and the
+        surrogate's guess under `version` (a blocking call: run it off the event loop)."""
         read = len(self.checks)
         used = [c for i, c in enumerate(self.checks[:read]) if i >= self._fresh_from.get(c.lane, 0)]
-        clusters = assign([c.input for c in used])
+        guesses = assign([c.input for c in used])
+        regions = {
+            ANSWERS: [cluster for cluster, _ in guesses],
+            CONFIRMS: [
+                cluster if check.answer is not None and check.answer == guess else None
+                for check, (cluster, guess) in zip(used, guesses, strict=True)
+            ],
+        }
         r = self.round + 1
-        certificate = certify(
-            used, clusters, self.lanes, self.task.target, round_delta(self.delta, r), r
-        )
-        if certificate is not None:
+        delta_r, alpha = round_delta(self.delta, r), self.task.target
+        modes = [m for m in MODES if testable(used, regions[m], self.lanes, alpha, delta_r / 2)]
+        certificates: dict[str, Certificate] = {}
+        for mode in modes:
+            share = delta_r / len(modes)
+            certificate = certify(used, regions[mode], self.lanes, alpha, share, r)
+            if certificate is not None:
+                certificates[mode] = certificate
+        if modes:
             self.round = r
         elif version == self.version:
-            certificate = self.certificate  # nothing new could pass: the last round stands
-        self.certificate, self.version, self.read = certificate, version, read
+            certificates = self.certificates  # nothing new could pass: the last round stands
+        self.certificates, self.version, self.read = certificates, version, read
         self._audits, self.demoted = {}, set()
-        certified = sum(len(v) for v in (certificate.lanes if certificate else {}).values())
-        log.info("task %s: lane round on %d checks (version %s): %d (cluster, lane) pairs "
-                 "certified", self.task.name, len(used), version, certified)  # fmt: skip
-        return certificate
+        certified = {m: sum(map(len, c.lanes.values())) for m, c in certificates.items()}
+        log.info("task %s: lane round on %d checks (version %s): (cluster, lane) pairs "
+                 "certified by mode: %s", self.task.name, len(used), version,
+                 certified)  # fmt: skip
 
     def cards(self) -> list[dict[str, object]]:
-        """Per cluster and lane: agreement with its interval, the bound, and the outcome."""
-        certificate = self.certificate
-        if certificate is None:
-            return []
+        """Per cluster, lane and mode: agreement with its interval, the bound, the outcome."""
         out: list[dict[str, object]] = []
-        for (cluster, lane), (agreed, n, lower) in sorted(certificate.figures.items()):
-            out.append(
-                {
-                    "cluster": cluster,
-                    "lane": lane,
-                    "checks": n,
-                    "agreement": agreed / n if n else None,
-                    "interval": cp_interval(agreed, n),
-                    "certified_lower_bound": lower,
-                    "certified": lane in certificate.lanes.get(cluster, []),
-                    "in_group": cluster in getattr(certificate.groups.get(lane), "clusters", []),
-                    "demoted": (cluster, lane) in self.demoted,
-                    "serving": self.choose(cluster) == lane,
-                    "usd_per_1000_calls": self.per_1000(lane),
-                }
-            )
+        for mode, certificate in self.certificates.items():
+            for (cluster, lane), (agreed, n, lower) in sorted(certificate.figures.items()):
+                out.append(
+                    {
+                        "cluster": cluster,
+                        "lane": lane,
+                        "mode": mode,
+                        "checks": n,
+                        "agreement": agreed / n if n else None,
+                        "interval": cp_interval(agreed, n),
+                        "certified_lower_bound": lower,
+                        "certified": lane in certificate.lanes.get(cluster, []),
+                        "in_group": cluster
+                        in getattr(certificate.groups.get(lane), "clusters", []),
+                        "demoted": (cluster, lane, mode) in self.demoted,
+                        "serving": self.route(cluster) == (lane, mode),
+                        "usd_per_1000_calls": self.per_1000(lane),
+                    }
+                )
         return out

@@ -36,6 +36,7 @@ from router.stats import cp_lower
 from . import store
 from .config import Config, TaskConfig
 from .evidence import EDetector, agreement_test, shift_test
+from .lane_certify import ANSWERS, CONFIRMS
 from .lanes import TaskLanes
 from .metrics import Metrics
 
@@ -214,13 +215,14 @@ class Monitor:
         while True:
             rows = await store.audits_after(self.engine, name, self._audit_id.get(name, 0))
             lanes = self.lanes.get(name)
-            for row_id, version, lane, cluster, agrees, kind, text in rows:
+            for row_id, version, lane, cluster, agrees, kind, text, answer in rows:
                 if lane == "surrogate":
                     monitor.add_audit(version, agrees)
                 elif lanes is not None and kind == "shadow":
-                    lanes.add_check(lane, text or "", agrees)
+                    lanes.add_check(lane, text or "", agrees, answer)
                 elif lanes is not None:
-                    lanes.add_audit(lane, cluster, text or "", agrees)
+                    mode = CONFIRMS if kind == "confirm" else ANSWERS
+                    lanes.add_audit(lane, cluster, text or "", agrees, answer, mode)
                 self._audit_id[name] = row_id
             if len(rows) < 10_000:
                 return

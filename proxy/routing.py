@@ -17,6 +17,7 @@ from router import Decision as Prediction
 from router.tools import MESSAGE, ToolPlan
 
 from .config import TaskConfig
+from .lane_certify import CONFIRMS
 from .lanes import TaskLanes
 from .metrics import Metrics
 from .models import LiveModel, LiveModels
@@ -68,7 +69,9 @@ class Route:
     prediction: Prediction | None = None
     tool: ToolPlan | None = None  # a tool task: the whole call, or the tool to narrow to
     sampled: bool = False  # drawn at the sampling rate: its teacher answer samples the traffic
+    confirms: bool = False  # the lane's answer is served only if it is the surrogate's guess
     audit_lane: str | None = None  # routed to this lane, sampled for the teacher instead
+    lane_said: tuple[str, str] | None = None  # (lane, label): a lane's answer not served
     audit_tool: str | None = None  # narrowed to this tool, sampled for the teacher instead
     shadow: Shadow | None = None
 
@@ -216,10 +219,13 @@ class Decider:
             self.metrics.ood.labels(task.name).inc()
             return Route("deferred", prediction.reason, TEACHER, live, prediction)
         lanes = self.lanes.get(task.name)
-        lane = lanes.choose(prediction.cluster) if lanes is not None else None
-        if lane is not None:
-            reason = f"{prediction.reason}; lane {lane} is certified for this cluster"
-            return Route("deferred", reason, lane, live, prediction)
+        chosen = lanes.route(prediction.cluster) if lanes is not None else None
+        if chosen is not None:
+            lane, mode = chosen
+            confirms = mode == CONFIRMS
+            how = f"to confirm the guess {prediction.label!r}" if confirms else "alone"
+            reason = f"{prediction.reason}; lane {lane} is certified {how} for this cluster"
+            return Route("deferred", reason, lane, live, prediction, confirms=confirms)
         return Route("deferred", prediction.reason, TEACHER, live, prediction)
 
     def _tool_route(

@@ -19,7 +19,7 @@ from . import store
 from .audit import Auditor
 from .config import Config
 from .lane_calls import LaneCalls
-from .lanes import TaskLanes, lane_prices
+from .lanes import Guess, TaskLanes, lane_prices
 from .ledger import Ledger
 from .metrics import Metrics
 from .models import LiveModel, LiveModels
@@ -141,9 +141,9 @@ class ProxyState:
             return
         router = live.router
 
-        def assign(texts: list[str]) -> list[int | None]:
+        def assign(texts: list[str]) -> list[Guess]:
             decisions = router.predict_batch(texts)
-            return [None if d.handled or d.ood else d.cluster for d in decisions]
+            return [(None, None) if d.handled or d.ood else (d.cluster, d.label) for d in decisions]
 
         await asyncio.to_thread(lanes.recertify, live.version, assign)
 

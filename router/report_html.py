@@ -214,7 +214,8 @@ def _lanes(card: dict[str, Any]) -> str:
         cost = lane.get("usd_per_1000_calls")
         price = f", ${cost:.2f}/1k calls" if isinstance(cost, int | float) else ""
         lines.append(
-            f"<div class='ex'>{esc(lane.get('lane'))}: {num(lane.get('agreement'))} "
+            f"<div class='ex'>{esc(lane.get('lane'))} ({esc(lane.get('mode') or 'answers')}): "
+            f"{num(lane.get('agreement'))} "
             f"<span class='muted'>{interval(lane.get('interval'))} on {esc(lane.get('checks'))}"
             f"{price}; {state}</span></div>"
         )

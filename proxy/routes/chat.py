@@ -125,7 +125,7 @@ async def try_lane(
         answer = await state.lane_calls.answer(task, route, body)
     except LaneFailed as err:
         reason = f"{route.reason}; {err}: the teacher answers"
-        return replace(route, reason=reason, lane=TEACHER), None
+        return replace(route, reason=reason, lane=TEACHER, lane_said=err.said), None
     state.ledger.lane_answered(task.name, answer.cost_usd)
     state.metrics.lane_requests.labels(task.name, route.lane).inc()
     row = route.record(task.name, text, exchange.elapsed_ms(), answer.label)

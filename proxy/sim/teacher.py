@@ -210,13 +210,14 @@ class SimulatedTeacher:
 
     def _answer(self, text: str) -> str:
         """The raw answer text: a (maybe noisy) label, rendered as this teacher writes it."""
-        label = self._pick_label(text)
+        label = self.answer_label(text)
         spelled = self.spellings.get(label)
         if spelled:
             return spelled[_stable_hash(text) % len(spelled)]
         return self._render(label)
 
-    def _pick_label(self, text: str) -> str:
+    def answer_label(self, text: str) -> str:
+        """The label it answers `text` with, noise included (what a client would parse)."""
         label = self.true_label(text)
         if label in self.noise_by_label:
             return self._fixed_error(text, label, self.noise_by_label[label])

@@ -72,7 +72,7 @@ async def audit_counts(
             AuditRow.task == task,
             AuditRow.id > after_id,
             AuditRow.id <= upto_id,
-            AuditRow.kind == "audit",
+            AuditRow.kind.in_(("audit", "confirm")),
         )
         .group_by(minute, AuditRow.agrees)
     )

@@ -160,12 +160,13 @@ async def record_refit(engine: AsyncEngine, **values: Any) -> None:
 
 async def audits_after(
     engine: AsyncEngine, task: str, after_id: int = 0, limit: int = 10_000
-) -> list[tuple[int, str | None, str, int | None, bool, str, str | None]]:
-    """(id, version, lane, cluster, agrees, kind, input) of a task's audits after `after_id`."""
+) -> list[tuple[int, str | None, str, int | None, bool, str, str | None, str | None]]:
+    """(id, version, lane, cluster, agrees, kind, input, answer) of a task's audits after
+    `after_id`."""
     query = (
         select(
             AuditRow.id, AuditRow.version, AuditRow.lane, AuditRow.cluster, AuditRow.agrees,
-            AuditRow.kind, AuditRow.input,
+            AuditRow.kind, AuditRow.input, AuditRow.answer,
         )
         .where(AuditRow.task == task, AuditRow.id > after_id)
         .order_by(AuditRow.id)

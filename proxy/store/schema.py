@@ -1,7 +1,7 @@
 """The store's tables: traces, decisions, audits, refits, leases, model versions.
 
 Every worker and replica shares these through one database URL. Columns added in
-later versions are nullable, and `migrate` adds them to an existing database, so an
+later versions are nullable, and `create_schema` adds them to an existing database, so an
 upgrade needs no manual step.
 """
 
@@ -91,7 +91,8 @@ class AuditRow(Base):
     cluster: Mapped[int | None] = mapped_column(Integer, nullable=True)
     agrees: Mapped[bool] = mapped_column(Boolean)
     input: Mapped[str | None] = mapped_column(Text, nullable=True)
-    kind: Mapped[str] = mapped_column(String(16), default="audit")  # audit | shadow (lane)
+    kind: Mapped[str] = mapped_column(String(16), default="audit")  # audit | confirm | shadow
+    answer: Mapped[str | None] = mapped_column(String(256), nullable=True)  # a lane's label
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 

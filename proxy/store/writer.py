@@ -76,7 +76,10 @@ class Audit:
     lane: str = "surrogate"
     cluster: int | None = None
     input: str | None = None
-    kind: str = "audit"  # audit: an answer that was served | shadow: a lane checked unseen
+    # audit: an answer that was served | confirm: a lane's answer served because it
+    # confirmed the surrogate's guess | shadow: a lane checked on a request it did not serve
+    kind: str = "audit"
+    answer: str | None = None  # a lane's label, to tell later whether it confirmed a guess
     created_at: datetime = field(default_factory=now)
 
 

@@ -99,13 +99,13 @@ def test_the_cheapest_certified_lane_serves_and_a_drifting_lane_is_demoted_there
             lanes.add_check(lane, f"a{i}", True)
             lanes.add_check(lane, f"b{i}", True)
     assert lanes.due("v1")
-    lanes.recertify("v1", lambda texts: [0 if t.startswith("a") else 1 for t in texts])
+    lanes.recertify("v1", lambda texts: [(0 if t.startswith("a") else 1, "x") for t in texts])
     assert lanes.certificate is not None and lanes.read == 800 and lanes.round == 1
     assert lanes.choose(0) == "tiny" and lanes.choose(1) == "tiny" and lanes.choose(None) is None
     assert not lanes.due("v1")  # the checks have not grown by half yet
     for _ in range(60):
         lanes.add_audit("tiny", 0, "a-late", False)
-    assert (0, "tiny") in lanes.demoted and (1, "tiny") not in lanes.demoted
+    assert (0, "tiny", "answers") in lanes.demoted and (1, "tiny", "answers") not in lanes.demoted
     assert lanes.choose(0) == "small"  # the next cheapest takes the cluster
     assert lanes.choose(1) == "tiny"  # and the drifting lane keeps the cluster it still serves
     cards = {(c["cluster"], c["lane"]): c for c in lanes.cards()}
@@ -114,7 +114,7 @@ def test_the_cheapest_certified_lane_serves_and_a_drifting_lane_is_demoted_there
     # A new version: new clusters, a new round; the demoted lane's earlier checks no
     # longer count, so it must earn its place again on what it answered since.
     assert lanes.due("v2")
-    lanes.recertify("v2", lambda texts: [0] * len(texts))
+    lanes.recertify("v2", lambda texts: [(0, "x")] * len(texts))
     assert lanes.round == 2 and not lanes.demoted
     assert lanes.choose(0) == "small"
 
@@ -162,3 +162,19 @@ def test_prices_come_from_model_info_else_litellms_map():
     assert call_cost(flat, 100, 3) == pytest.approx(0.005)
     unpriced = cfg.model("big")
     assert unpriced is not None and prices(unpriced) is None and call_cost(unpriced, 10, 1) is None
+
+
+def test_a_lane_that_agrees_with_the_guess_is_certified_to_confirm_where_it_cannot_answer():
+    cfg = config(["small"])
+    lanes = TaskLanes(cfg.tasks[0], lane_prices(cfg, cfg.tasks[0]))
+    for i in range(300):  # right where it says the guess "x", wrong on the rest
+        lanes.add_check("small", f"a{i}", i % 3 != 0, "x" if i % 3 else "y")
+    lanes.recertify("v1", lambda texts: [(0, "x")] * len(texts))
+    assert lanes.choose(0) is None  # 0.67 alone: refused
+    assert lanes.choose(0, "confirms") == "small" and lanes.route(0) == ("small", "confirms")
+    cards = {(c["cluster"], c["mode"]): c for c in lanes.cards()}
+    assert cards[(0, "confirms")]["checks"] == 200 and cards[(0, "confirms")]["serving"]
+    assert not cards[(0, "answers")]["certified"]
+    for _ in range(60):  # it drifts where it confirms: demoted from the cluster
+        lanes.add_audit("small", 0, "a-late", False, "x", "confirms")
+    assert lanes.route(0) is None and (0, "small", "answers") in lanes.demoted

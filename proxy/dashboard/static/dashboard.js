@@ -317,7 +317,7 @@
           const ci = l.interval ? ` [${pct(l.interval[0])}, ${pct(l.interval[1])}]` : "";
           const state = l.serving ? "serving" : l.demoted ? "demoted" : l.certified ? "certified" : "not certified";
           card.appendChild(el("p", { class: "muted", "data-lane": l.lane },
-            `${l.lane}: agreement ${pct(l.agreement)}${ci} on ${int(l.checks)} checks · $${Number(l.usd_per_1000_calls).toFixed(2)} per 1,000 calls · ${state}`));
+            `${l.lane} (${l.mode || "answers"}): agreement ${pct(l.agreement)}${ci} on ${int(l.checks)} checks · $${Number(l.usd_per_1000_calls).toFixed(2)} per 1,000 calls · ${state}`));
         }
       }
       const ul = el("ul", {});
