@@ -7,8 +7,8 @@ smaller model of `bench/lanes.py` (1% / 15% / 40% wrong by intent, from the seed
 table, the same inputs every time). The checks are then certified by the proxy's own
 procedure (`proxy.lane_certify.certify`, round 1) three ways: with each check's region
 being its cluster (a lane answering alone), the surrogate's predicted label, and its
-cluster among only the checks where the lane's answer is the surrogate's guess (a lane
-that confirms). Printed: the group each picks on the first half and what the second
+cluster among only the checks where the lane's answer is one of the surrogate's two
+guesses (a lane that confirms). Printed: the group each picks on the first half and what the second
 half says of it.
 
     .venv/bin/python bench/lane_regions.py --target 0.90
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lane_eligible = not d.handled and not d.ood
         by_cluster.append(d.cluster if lane_eligible else None)
         by_label.append(labels.index(d.label) if lane_eligible else None)
-        confirming.append(d.cluster if lane_eligible and said == d.label else None)
+        confirming.append(d.cluster if lane_eligible and said in d.guesses else None)
     eligible = [c for c, r in zip(checks, by_cluster, strict=True) if r is not None]
     print(f"alpha {args.target}: the surrogate handles "
           f"{sum(d.handled for d in decisions) / len(decisions):.3f}; {len(eligible)} deferred "
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{sum(c.agrees for c in eligible) / max(1, len(eligible)):.3f}")  # fmt: skip
     delta = round_delta(0.05, 1)
     ways = (("cluster", by_cluster), ("predicted label", by_label),
-            ("cluster, where the lane confirms the guess", confirming))  # fmt: skip
+            ("cluster, where the lane confirms a guess", confirming))  # fmt: skip
     for name, regions in ways:
         cert = certify(checks, regions, ["small"], args.target, delta, 1)
         group = cert.groups.get("small") if cert is not None else None

@@ -4,13 +4,14 @@ A lane's answer is parsed with the task's rules and given in the teacher's own w
 for that label (`local.answer_text`), so a lane that agrees on the label gives the
 teacher's answer byte for byte. A lane that fails or answers no valid label hands the
 request back to the teacher: the client never sees a lane's error. So does a lane that
-only confirms (`lane_certify.CONFIRMS`) when its label is not the surrogate's guess;
+only confirms (`lane_certify.CONFIRMS`) when its label is neither of the surrogate's
+two guesses;
 the teacher's answer then checks it at no extra call.
 
 Checks run in the background after the teacher has answered, never delaying anyone:
 every lane on a share of the teacher's answers (`shadow`), and the one lane a request
 was routed to when it was sampled for the teacher instead (`audit`, or `confirm` for
-a confirming lane whose answer was the guess). Each becomes an audit record that
+a confirming lane whose answer was a guess). Each becomes an audit record that
 `proxy.monitor` feeds to the task's `TaskLanes`.
 """
 
@@ -97,12 +98,11 @@ class LaneCalls:
         if label is None:
             self.metrics.lane_calls.labels(task.name, route.lane, "invalid").inc()
             raise LaneFailed(f"lane {route.lane}'s answer is not a valid label")
-        guess = route.prediction.label if route.prediction is not None else None
-        if route.confirms and label != guess:
+        guesses = route.prediction.guesses if route.prediction is not None else ()
+        if route.confirms and label not in guesses:
             self.metrics.lane_calls.labels(task.name, route.lane, "unconfirmed").inc()
-            raise LaneFailed(
-                f"lane {route.lane} answers {label!r}, not the guess", (route.lane, label)
-            )
+            why = f"lane {route.lane} answers {label!r}, not a guess"
+            raise LaneFailed(why, (route.lane, label))
         self.metrics.lane_calls.labels(task.name, route.lane, "answered").inc()
         return LaneAnswer(label, answer_text(task, route.live, label), cost)
 
@@ -159,9 +159,9 @@ class LaneCalls:
         except LaneFailed:
             return
         label = label_of(task, answer.answer)
-        guess = route.prediction.label if route.prediction is not None else None
+        guesses = route.prediction.guesses if route.prediction is not None else ()
         if kind == "audit" and route.confirms:  # an audit of what the lane would serve
-            kind = "confirm" if label is not None and label == guess else "shadow"
+            kind = "confirm" if label in guesses else "shadow"
         self._record(task, route, text, teacher, lane, label, kind)
 
     def _record(

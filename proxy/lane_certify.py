@@ -4,11 +4,12 @@ A lane serves a cluster in one of two modes, each certified on its own checks (`
 
 - **answers**: the lane answers every deferred request of the cluster; its checks are
   all the cluster's checks.
-- **confirms**: the lane is asked, and its answer is served only when it is the label
-  the surrogate guessed (its top label, not sure enough to answer alone); otherwise the
-  teacher answers. Its checks are those where the lane's answer was that guess. Two
-  models that err differently rarely agree on the same wrong label, so this region is
-  much purer than the cluster, and it needs no more than the lane being measured.
+- **confirms**: the lane is asked, and its answer is served only when it is one of the
+  surrogate's two guesses (its two most likely labels; it was not sure enough to answer
+  alone); otherwise the teacher answers. Its checks are those where the lane's answer
+  was a guess. Two models that err differently rarely land on the same wrong label, so
+  this region is much purer than the cluster, and it needs no more than the lane being
+  measured.
 
 A round shares delta_r equally among the modes it can test (counts only), and runs the
 procedure below once per mode, each at its share.
@@ -24,9 +25,9 @@ Clopper-Pearson lower bound on agreement with the teacher that must reach alpha:
   does not have, so each lane is also certified for a group of clusters as a whole. The
   checks are split in two halves by a hash of their input. On the first half, each lane
   (cheapest first) ranks the clusters no cheaper lane picked by how well it agrees there,
-  and picks the set of the best ones whose pooled bound is highest (purity first: a set
-  picked to only just pass on the first half would fall short on the second); on the
-  second half, one bound on its agreement over that set is tested. The choice never
+  and picks the most of the best ones whose pooled bound passes with a margin (a set
+  picked to only just pass on the first half would often fall short on the second); on
+  the second half, one bound on its agreement over that set is tested. The choice never
   sees the data that tests it.
 
 A kind of certificate with nothing it could pass (too few checks, whatever they say) is
@@ -44,6 +45,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from router.stats import cp_lower
+
+MARGIN = 4  # a group is picked to pass at delta / MARGIN on its half, tested at delta
 
 ANSWERS, CONFIRMS = "answers", "confirms"
 MODES = (ANSWERS, CONFIRMS)  # in the order a request tries them: a lane alone goes first
@@ -213,16 +216,23 @@ def _per_group(
 
 
 def _pick(picking: Tally, lane: str, taken: set[int], alpha: float, delta: float) -> list[int]:
-    """The set of a lane's best clusters (ranked by first-half agreement, shrunk to 1/2
-    where checks are few) whose pooled first-half bound at `delta` is highest; none when
-    even that bound is below alpha (the second half would not pass it either)."""
+    """A lane's best clusters (ranked by first-half agreement, shrunk to 1/2 where checks
+    are few): the most of them, each at least alpha on its own, whose pooled first-half
+    bound reaches alpha with a margin (at delta / MARGIN: a set that only just passes on
+    one half would often fall short on the other); failing that, the set whose bound is
+    highest; none when even that bound is below alpha (the second half would not pass
+    it either)."""
     rows = [(c, a, n) for (c, ln), (a, n) in picking.items() if ln == lane and c not in taken]
     rows.sort(key=lambda row: ((row[1] + 1) / (row[2] + 2), row[2]), reverse=True)
-    best, size = alpha, 0
+    best, size, widest = alpha, 0, 0
     agreed = total = 0
+    each_good = True  # no cluster rides on the others: each looked good on its own
     for i, (_, a, n) in enumerate(rows):
         agreed, total = agreed + a, total + n
         lower = float(cp_lower(agreed, total, delta))
         if lower >= best:
             best, size = lower, i + 1
-    return sorted(c for c, _, _ in rows[:size])
+        each_good = each_good and a >= alpha * n
+        if each_good and float(cp_lower(agreed, total, delta / MARGIN)) >= alpha:
+            widest = i + 1
+    return sorted(c for c, _, _ in rows[: widest or size])

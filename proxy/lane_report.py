@@ -54,7 +54,7 @@ def describe(chosen: tuple[str, str] | None) -> str:
     if chosen is None:
         return "teacher"
     lane, mode = chosen
-    return lane if mode == ANSWERS else f"{lane} (confirms the surrogate's guess)"
+    return lane if mode == ANSWERS else f"{lane} (confirms the surrogate's guesses)"
 
 
 def render_report(path: Path, lanes: TaskLanes, as_json: bool) -> bytes:

@@ -17,9 +17,9 @@ as the teacher writes that label, is compared with the teacher's.
   held and spends nothing. (Each worker reads the checks when its poll comes, so two
   workers' rounds may read a few checks more or less.)
 - **Routing.** A deferred, in-distribution request goes to the cheapest lane certified
-  to answer its cluster alone; else to the cheapest certified to confirm the
-  surrogate's guess there (the teacher answers when it does not); otherwise to the
-  teacher.
+  to answer its cluster alone; else to the cheapest certified to confirm one of the
+  surrogate's two guesses there (the teacher answers when it does not); otherwise to
+  the teacher.
 - **Keeping the lane honest.** Per (cluster, lane, mode), the sequential test that
   guards the surrogate reads the audits and demotes the lane from the cluster (in both
   modes) as soon as they show it below alpha. A demoted lane's earlier checks no longer
@@ -52,7 +52,7 @@ from .pricing import Prices, prices
 log = logging.getLogger("tracer.lanes")
 
 Serving = tuple[int, str, str]  # (cluster, lane, mode): where a lane serves, and how
-Guess = tuple[int | None, str | None]  # a check's cluster (None: not a lane's) and top label
+Guess = tuple[int | None, tuple[str, ...]]  # a check's cluster (None: not a lane's), guesses
 
 ROUND_START = 200  # checks before the first certification round
 GROWTH = 1.5  # a new round once the checks have grown this many times since the last
@@ -181,15 +181,15 @@ class TaskLanes:
 
     def recertify(self, version: str, assign: Callable[[list[str]], list[Guess]]) -> None:
         """A round on every check so far, `assign` giving each one's cluster and the
-        surrogate's guess under `version` (a blocking call: run it off the event loop)."""
+        surrogate's guesses under `version` (a blocking call: run it off the event loop)."""
         read = len(self.checks)
         used = [c for i, c in enumerate(self.checks[:read]) if i >= self._fresh_from.get(c.lane, 0)]
         guesses = assign([c.input for c in used])
         regions = {
             ANSWERS: [cluster for cluster, _ in guesses],
             CONFIRMS: [
-                cluster if check.answer is not None and check.answer == guess else None
-                for check, (cluster, guess) in zip(used, guesses, strict=True)
+                cluster if check.answer is not None and check.answer in guessed else None
+                for check, (cluster, guessed) in zip(used, guesses, strict=True)
             ],
         }
         r = self.round + 1

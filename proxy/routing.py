@@ -223,7 +223,8 @@ class Decider:
         if chosen is not None:
             lane, mode = chosen
             confirms = mode == CONFIRMS
-            how = f"to confirm the guess {prediction.label!r}" if confirms else "alone"
+            guesses = " or ".join(repr(g) for g in prediction.guesses)
+            how = f"to confirm the guess {guesses}" if confirms else "alone"
             reason = f"{prediction.reason}; lane {lane} is certified {how} for this cluster"
             return Route("deferred", reason, lane, live, prediction, confirms=confirms)
         return Route("deferred", prediction.reason, TEACHER, live, prediction)

@@ -143,7 +143,7 @@ class ProxyState:
 
         def assign(texts: list[str]) -> list[Guess]:
             decisions = router.predict_batch(texts)
-            return [(None, None) if d.handled or d.ood else (d.cluster, d.label) for d in decisions]
+            return [(None, ()) if d.handled or d.ood else (d.cluster, d.guesses) for d in decisions]
 
         await asyncio.to_thread(lanes.recertify, live.version, assign)
 

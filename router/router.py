@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from router.decision import Decision
 from router.errors import ArtifactError
 from router.manifest import Manifest, read_manifest, verify_files
@@ -53,6 +55,7 @@ class Router:
         if not texts:
             return []
         s = self._pipeline.score(list(texts))
+        runner_up = _runner_up(s.probabilities, s.label_index)
         return [
             self._decide(
                 int(s.label_index[i]),
@@ -60,11 +63,14 @@ class Router:
                 bool(s.ood[i]),
                 float(s.ood_similarity[i]),
                 int(s.cluster[i]),
+                None if runner_up is None else self.labels[int(runner_up[i])],
             )
             for i in range(len(texts))
         ]
 
-    def _decide(self, idx: int, score: float, ood: bool, sim: float, cluster: int) -> Decision:
+    def _decide(
+        self, idx: int, score: float, ood: bool, sim: float, cluster: int, second: str | None
+    ) -> Decision:
         label = self.labels[idx]
         t = self.threshold
         names = self._pipeline.cluster_names
@@ -75,9 +81,19 @@ class Router:
                 f"deferred: out of distribution (similarity {sim:.3f} < "
                 f"{self._pipeline.ood_min_similarity:.3f}){where}"
             )
-            return Decision(label, "deferred", score, reason, True, known)
+            return Decision(label, "deferred", score, reason, True, known, second)
         if score >= t:
             reason = f"accepted: score {score:.4f} >= threshold {t:.4f}{where}"
-            return Decision(label, "handled", score, reason, False, known)
+            return Decision(label, "handled", score, reason, False, known, second)
         reason = f"deferred: score {score:.4f} below threshold {t:.4f}{where}"
-        return Decision(label, "deferred", score, reason, False, known)
+        return Decision(label, "deferred", score, reason, False, known, second)
+
+
+def _runner_up(probabilities: np.ndarray, top: np.ndarray) -> np.ndarray | None:
+    """Each row's second most likely class (None with fewer than two classes)."""
+    if probabilities.ndim != 2 or probabilities.shape[1] < 2:
+        return None
+    masked = probabilities.copy()
+    masked[np.arange(len(masked)), top] = -np.inf
+    second: np.ndarray = masked.argmax(axis=1)
+    return second

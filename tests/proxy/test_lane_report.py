@@ -19,7 +19,7 @@ def lanes_for(version: str) -> TaskLanes:
     for i in range(300):
         lanes.add_check("small", f"a{i}", True)
         lanes.add_check("small", f"b{i}", i % 3 == 0)
-    lanes.recertify(version, lambda texts: [(0 if t.startswith("a") else 1, "x") for t in texts])
+    lanes.recertify(version, lambda texts: [(0 if t.startswith("a") else 1, ("x",)) for t in texts])
     return lanes
 
 

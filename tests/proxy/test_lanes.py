@@ -99,7 +99,7 @@ def test_the_cheapest_certified_lane_serves_and_a_drifting_lane_is_demoted_there
             lanes.add_check(lane, f"a{i}", True)
             lanes.add_check(lane, f"b{i}", True)
     assert lanes.due("v1")
-    lanes.recertify("v1", lambda texts: [(0 if t.startswith("a") else 1, "x") for t in texts])
+    lanes.recertify("v1", lambda texts: [(0 if t.startswith("a") else 1, ("x",)) for t in texts])
     assert lanes.certificate is not None and lanes.read == 800 and lanes.round == 1
     assert lanes.choose(0) == "tiny" and lanes.choose(1) == "tiny" and lanes.choose(None) is None
     assert not lanes.due("v1")  # the checks have not grown by half yet
@@ -114,7 +114,7 @@ def test_the_cheapest_certified_lane_serves_and_a_drifting_lane_is_demoted_there
     # A new version: new clusters, a new round; the demoted lane's earlier checks no
     # longer count, so it must earn its place again on what it answered since.
     assert lanes.due("v2")
-    lanes.recertify("v2", lambda texts: [(0, "x")] * len(texts))
+    lanes.recertify("v2", lambda texts: [(0, ("x",))] * len(texts))
     assert lanes.round == 2 and not lanes.demoted
     assert lanes.choose(0) == "small"
 
@@ -167,9 +167,9 @@ def test_prices_come_from_model_info_else_litellms_map():
 def test_a_lane_that_agrees_with_the_guess_is_certified_to_confirm_where_it_cannot_answer():
     cfg = config(["small"])
     lanes = TaskLanes(cfg.tasks[0], lane_prices(cfg, cfg.tasks[0]))
-    for i in range(300):  # right where it says the guess "x", wrong on the rest
-        lanes.add_check("small", f"a{i}", i % 3 != 0, "x" if i % 3 else "y")
-    lanes.recertify("v1", lambda texts: [(0, "x")] * len(texts))
+    for i in range(300):  # right where it says a guess ("x" or "w"), wrong on the rest
+        lanes.add_check("small", f"a{i}", i % 3 != 0, "y" if i % 3 == 0 else "xw"[i % 2])
+    lanes.recertify("v1", lambda texts: [(0, ("x", "w"))] * len(texts))
     assert lanes.choose(0) is None  # 0.67 alone: refused
     assert lanes.choose(0, "confirms") == "small" and lanes.route(0) == ("small", "confirms")
     cards = {(c["cluster"], c["mode"]): c for c in lanes.cards()}

@@ -138,6 +138,7 @@ def test_a_smaller_model_serves_where_certified_falls_back_when_down_and_is_demo
             served: Counter[str] = Counter()
             agree: Counter[str] = Counter()
             by_lane, lane_reasons = [], {}
+            wrong_intents = 0
             for text, _ in rows[2000:2400]:
                 lane, reason, content, tracer = ask(client, text)
                 assert tracer["lane"] == lane
@@ -146,13 +147,20 @@ def test_a_smaller_model_serves_where_certified_falls_back_when_down_and_is_demo
                     by_lane.append(text)
                     lane_reasons[text] = reason
                 agree[lane] += content == teacher_map[text]
-                if lane == "small":
-                    assert "lane small is certified" in reason
-                    assert world["intent"][text] not in set(COIN) - LANE_RIGHT
-            assert served["small"] >= 20 and served["teacher"] and served["surrogate"], served
-            assert agree["small"] == served["small"]  # it only serves where it agrees
-            total = sum(served.values())
-            assert sum(agree.values()) / total >= 0.8
+                if lane == "small" and "certified alone" in reason:
+                    served["small alone"] += 1
+                    agree["small alone"] += content == teacher_map[text]
+                    wrong_intents += world["intent"][text] in set(COIN) - LANE_RIGHT
+                elif lane == "small":  # where it confirms the surrogate's guesses
+                    assert "lane small is certified to confirm" in reason
+            assert served["small alone"] >= 20 and served["teacher"] and served["surrogate"], served
+            # Alone, it serves clusters of the intents it gets right (a few inputs of the
+            # others fall in them too), and both ways it keeps to the target.
+            assert wrong_intents <= 0.1 * served["small alone"]
+            assert agree["small alone"] / served["small alone"] >= 0.8
+            assert agree["small"] / served["small"] >= 0.8
+            total = sum(n for lane, n in served.items() if lane != "small alone")
+            assert sum(n for lane, n in agree.items() if lane != "small alone") / total >= 0.8
 
             # The smaller model goes down: the teacher answers, no error reaches the client.
             small.configure(error_rate=1.0)
@@ -226,7 +234,7 @@ def test_a_lane_too_weak_to_answer_alone_serves_where_it_confirms_the_surrogates
                     assert not card["certified"]
             report = httpx.get(f"{base}/tasks/intents/report", params={"format": "json"}).json()
             goes = {c["id"]: c["deferred_to"] for c in report["clusters"]}
-            assert {goes[c] for c in confirming} == {"small (confirms the surrogate's guess)"}
+            assert {goes[c] for c in confirming} == {"small (confirms the surrogate's guesses)"}
 
             served: Counter[str] = Counter()
             unconfirmed = right = 0
@@ -236,11 +244,11 @@ def test_a_lane_too_weak_to_answer_alone_serves_where_it_confirms_the_surrogates
                 served[lane] += 1
                 assert tracer["lane"] == lane
                 if lane == "small":  # only a confirmed guess is served
-                    guess = re.search(r"confirm the guess '(\w+)'", reason)
-                    assert guess is not None and content == guess.group(1), reason
+                    guesses = re.search(r"confirm the guess '(\w+)'(?: or '(\w+)')?", reason)
+                    assert guesses is not None and content in guesses.groups(), reason
                     assert content == world["confirming"][text]
                     right += content == teacher_map[text]
-                elif "not the guess" in reason:
+                elif "not a guess" in reason:
                     unconfirmed += 1
                     last_unconfirmed = text
                     assert lane == "teacher" and content == teacher_map[text]

@@ -45,6 +45,16 @@ def test_predict_shapes_and_reasons(artifact: FitResult) -> None:
     assert router.predict_batch([]) == []
 
 
+def test_the_guesses_are_the_two_most_likely_labels(artifact: FitResult) -> None:
+    router = Router.load(artifact.out_dir)
+    texts = ["my card has not arrived in the mail yet please help", "zzz qqq xxyy 42"]
+    scores = router.score(texts)
+    decisions = router.predict_batch(texts)
+    for decision, probabilities in zip(decisions, scores.probabilities, strict=True):
+        ranked = [router.labels[i] for i in probabilities.argsort()[::-1]]
+        assert decision.guesses == (decision.label, decision.runner_up) == tuple(ranked[:2])
+
+
 def test_tampered_onnx_is_refused(copy: Path) -> None:
     head = copy / "head.onnx"
     data = bytearray(head.read_bytes())
