@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import replace
 
 from proxy import store
@@ -120,4 +121,29 @@ async def test_a_locked_store_is_retried_before_anything_is_dropped(tmp_path):
     await writer.close()
     assert dropped == []
     assert await store.count_traces(engine, "t") == 500
+    await engine.dispose()
+
+
+async def test_an_older_store_gains_the_columns_added_since(tmp_path):
+    """An audits table from before lanes recorded their label: create_schema adds the
+    column, the rows already there read back with None, and new ones keep it."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE audits (id INTEGER PRIMARY KEY AUTOINCREMENT, task VARCHAR(128), "
+            "version VARCHAR(128), lane VARCHAR(256), cluster INTEGER, agrees BOOLEAN, "
+            "input TEXT, kind VARCHAR(16), created_at DATETIME)"
+        )
+        db.execute(
+            "INSERT INTO audits (task, version, lane, cluster, agrees, input, kind, created_at)"
+            " VALUES ('t', 'v1', 'small', 2, 1, 'hello', 'shadow', '2026-11-01 00:00:00')"
+        )
+    engine = store.create_engine(f"sqlite+aiosqlite:///{path}")
+    await store.create_schema(engine)
+    writer = store.StoreWriter(engine, linger_s=0)
+    writer.start()
+    writer.submit(store.Audit("t", "v1", False, "small", 2, "again", "shadow", "refund"))
+    await writer.close()
+    rows = await store.audits_after(engine, "t")
+    assert [(r[6], r[7]) for r in rows] == [("hello", None), ("again", "refund")]
     await engine.dispose()
