@@ -131,8 +131,8 @@ class Metrics:
         )
         self.lane_calls = Counter(
             "tracer_lane_calls",
-            "Calls to lane models by outcome: answered, invalid, error (the teacher answered "
-            "instead); agree, disagree (checks against the teacher); skipped.",
+            "Calls to lane models by outcome: answered; unconfirmed, invalid, error (the "
+            "teacher answered instead); agree, disagree (checks against the teacher); skipped.",
             ["task", "lane", "outcome"],
             registry=r,
         )
