@@ -5,8 +5,7 @@ for that label (`local.answer_text`), so a lane that agrees on the label gives t
 teacher's answer byte for byte. A lane that fails or answers no valid label hands the
 request back to the teacher: the client never sees a lane's error. So does a lane that
 only confirms (`lane_certify.CONFIRMS`) when its label is neither of the surrogate's
-two guesses;
-the teacher's answer then checks it at no extra call.
+two guesses; the teacher's answer then checks it at no extra call.
 
 Checks run in the background after the teacher has answered, never delaying anyone:
 every lane on a share of the teacher's answers (`shadow`), and the one lane a request
