@@ -69,7 +69,7 @@ class Route:
     prediction: Prediction | None = None
     tool: ToolPlan | None = None  # a tool task: the whole call, or the tool to narrow to
     sampled: bool = False  # drawn at the sampling rate: its teacher answer samples the traffic
-    confirms: bool = False  # the lane's answer is served only if it is a surrogate's guess
+    confirms: bool = False  # the lane's answer is served only if the surrogate guessed it
     audit_lane: str | None = None  # routed to this lane, sampled for the teacher instead
     lane_said: tuple[str, str] | None = None  # (lane, label): a lane's answer not served
     audit_tool: str | None = None  # narrowed to this tool, sampled for the teacher instead
