@@ -129,10 +129,14 @@ def report(three: list[dict[str, Any]], two: list[dict[str, Any]], alpha: float)
         d["lanes"][x]["agreement"] is None or d["lanes"][x]["agreement"] >= alpha
         for d in three for x in LANES
     )  # fmt: skip
+    for name, arm in (("three lanes", three), ("two lanes", two)):
+        served = "; ".join(f"day {d['day']}: {', '.join(d['versions']) or '-'}" for d in arm)
+        print(f"\nversions served, {name}: {served}")
     ratio = three[-1]["cost_usd"] / two[-1]["cost_usd"]
+    total = sum(d["cost_usd"] for d in three) / sum(d["cost_usd"] for d in two)
     print(f"\noverall agreement >= {alpha} every day: {every_day}; each lane's >= {alpha} every "
           f"day: {per_lane}; day-{three[-1]['day']} cost / two lanes: {ratio:.3f} (target <= "
-          f"0.70): {ratio <= 0.70}")  # fmt: skip
+          f"0.70): {ratio <= 0.70}; all days: {total:.3f}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
