@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -73,8 +74,23 @@ class ProxyState:
         return self.monitor.fallback_reason(task)
 
     def remember_tools(self, task: str, tools: list[Any]) -> None:
-        """The tools a tool task's agent offered last: what /v1/classify sends the teacher."""
-        self.tools_seen[task] = tools
+        """The tools a tool task's agent offered last: what /v1/classify sends the teacher.
+
+        Kept in the store too when they change, so that every worker, and this one
+        after a restart, knows them."""
+        if self.tools_seen.get(task) != tools:
+            self.tools_seen[task] = tools
+            self.writer.submit(store.ToolList(task, json.dumps(tools)))
+
+    async def known_tools(self, task: str) -> list[Any] | None:
+        """The tools offered last for `task`, by any worker; None: never."""
+        tools = self.tools_seen.get(task)
+        if tools is None:
+            stored = await store.latest_tools(self.engine, task)
+            loaded = json.loads(stored) if stored is not None else None
+            if isinstance(loaded, list) and loaded:
+                tools = self.tools_seen.setdefault(task, loaded)
+        return tools
 
     # -- callbacks ------------------------------------------------------------------------
     def _swapped(self, task: str, old: LiveModel | None, new: LiveModel) -> None:
@@ -102,7 +118,8 @@ class ProxyState:
                     self.metrics.lane_cost.labels(record.task, lane).inc(record.cost_usd)
 
     def _dropped(self, record: store.Record) -> None:
-        table = {store.Trace: "traces", store.Decision: "decisions"}.get(type(record), "audits")
+        tables = {store.Trace: "traces", store.Decision: "decisions", store.ToolList: "tool_lists"}
+        table = tables.get(type(record), "audits")
         self.metrics.store_dropped.labels(table).inc()
 
     # -- life -------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ async def classify(request: Request) -> Response:
     messages.append({"role": "user", "content": text})
     chat: dict[str, Any] = {"model": task.match.model or task.name, "messages": messages}
     if task.kind == "tools":
-        tools = body.get("tools", state.tools_seen.get(task.name))
+        tools = body["tools"] if "tools" in body else await state.known_tools(task.name)
         if not isinstance(tools, list) or not tools:
             raise ClientError(
                 400, f"task `{name}` is a tool task: give `tools` (the teacher chooses among "

@@ -1,6 +1,6 @@
 """The store: what the proxy keeps in its database, shared by every worker and replica.
 
-- `schema`: the tables (traces, decisions, audits, refits, leases);
+- `schema`: the tables (traces, decisions, audits, tool lists, refits, leases);
 - `writer`: the records and the queue that writes them without delaying a response;
 - `queries`: engines, the schema's creation and migration, reads and small writes.
 """
@@ -18,6 +18,7 @@ from .queries import (
     iter_traces,
     last_id,
     last_refit,
+    latest_tools,
     pending_candidates,
     record_refit,
     refit_attempts,
@@ -26,13 +27,14 @@ from .queries import (
     served_coverage,
     settle_refit,
 )
-from .writer import Audit, Decision, Record, StoreWriter, Trace, storable
+from .writer import Audit, Decision, Record, StoreWriter, ToolList, Trace, storable
 
 __all__ = [
     "Audit",
     "Decision",
     "Record",
     "StoreWriter",
+    "ToolList",
     "Trace",
     "acquire_lease",
     "audits_after",
@@ -46,6 +48,7 @@ __all__ = [
     "iter_traces",
     "last_id",
     "last_refit",
+    "latest_tools",
     "pending_candidates",
     "record_refit",
     "refit_attempts",

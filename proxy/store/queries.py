@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from router.traces import ARGUMENTS_ONLY, TRAIN_ONLY
 
-from .schema import AuditRow, Base, DecisionRow, LeaseRow, RefitRow, TraceRow
+from .schema import AuditRow, Base, DecisionRow, LeaseRow, RefitRow, ToolListRow, TraceRow
 
 
 def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
@@ -174,6 +174,19 @@ async def audits_after(
     )  # fmt: skip
     async with engine.connect() as conn:
         return [tuple(r) for r in (await conn.execute(query)).all()]  # type: ignore[misc]
+
+
+async def latest_tools(engine: AsyncEngine, task: str) -> str | None:
+    """The tools (JSON) a tool task's agent offered last, in any worker; None: never."""
+    query = (
+        select(ToolListRow.tools)
+        .where(ToolListRow.task == task)
+        .order_by(ToolListRow.id.desc())
+        .limit(1)
+    )
+    async with engine.connect() as conn:
+        tools: str | None = (await conn.execute(query)).scalar_one_or_none()
+    return tools
 
 
 async def decisions_after(

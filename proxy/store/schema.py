@@ -1,4 +1,4 @@
-"""The store's tables: traces, decisions, audits, refits, leases, model versions.
+"""The store's tables: traces, decisions, audits, tool lists, refits, leases, model versions.
 
 Every worker and replica shares these through one database URL. Columns added in
 later versions are nullable, and `create_schema` adds them to an existing database, so an
@@ -93,6 +93,19 @@ class AuditRow(Base):
     input: Mapped[str | None] = mapped_column(Text, nullable=True)
     kind: Mapped[str] = mapped_column(String(16), default="audit")  # audit | confirm | shadow
     answer: Mapped[str | None] = mapped_column(String(256), nullable=True)  # a lane's label
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
+
+
+class ToolListRow(Base):
+    """The tools a tool task's agent offered, each time they changed: what
+    `/v1/classify` sends the teacher when its caller gives none, in any worker."""
+
+    __tablename__ = "tool_lists"
+    __table_args__ = (Index("ix_tool_lists_task_id", "task", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(String(128))
+    tools: Mapped[str] = mapped_column(Text)  # the request's `tools`, as JSON
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
 
 

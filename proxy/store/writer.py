@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from router.traces import Source
 
-from .schema import AuditRow, DecisionRow, TraceRow, now
+from .schema import AuditRow, DecisionRow, ToolListRow, TraceRow, now
 
 log = logging.getLogger("tracer.store")
 
@@ -83,7 +83,16 @@ class Audit:
     created_at: datetime = field(default_factory=now)
 
 
-Record = Trace | Decision | Audit
+@dataclass(frozen=True)
+class ToolList:
+    """A tool task's tools, as the agent offered them, when they changed."""
+
+    task: str
+    tools: str  # JSON
+    created_at: datetime = field(default_factory=now)
+
+
+Record = Trace | Decision | Audit | ToolList
 
 
 class StoreWriter:
@@ -207,8 +216,11 @@ class StoreWriter:
         traces = [_trace_row(r) for r in batch if isinstance(r, Trace)]
         decisions = [_storable_row(vars(r)) for r in batch if isinstance(r, Decision)]
         audits = [_storable_row(vars(r)) for r in batch if isinstance(r, Audit)]
+        tools = [_storable_row(vars(r)) for r in batch if isinstance(r, ToolList)]
+        tables = ((TraceRow, traces), (DecisionRow, decisions), (AuditRow, audits),
+                  (ToolListRow, tools))  # fmt: skip
         async with self.engine.begin() as conn:
-            for table, rows in ((TraceRow, traces), (DecisionRow, decisions), (AuditRow, audits)):
+            for table, rows in tables:
                 if rows:
                     await conn.execute(insert(table), rows)
 
@@ -226,6 +238,7 @@ class StoreWriter:
             ("traces", [_trace_row(r) for r in batch if isinstance(r, Trace)]),
             ("decisions", [_storable_row(vars(r)) for r in batch if isinstance(r, Decision)]),
             ("audits", [_storable_row(vars(r)) for r in batch if isinstance(r, Audit)]),
+            ("tool_lists", [_storable_row(vars(r)) for r in batch if isinstance(r, ToolList)]),
         )
         conn = self._sqlite
         conn.execute("BEGIN")
