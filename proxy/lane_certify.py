@@ -25,9 +25,10 @@ Clopper-Pearson lower bound on agreement with the teacher that must reach alpha:
   does not have, so each lane is also certified for a group of clusters as a whole. The
   checks are split in two halves by a hash of their input. On the first half, each lane
   (cheapest first) ranks the clusters no cheaper lane picked by how well it agrees there,
-  and picks the most of the best ones whose pooled bound passes with a margin (a set
-  picked to only just pass on the first half would often fall short on the second); on
-  the second half, one bound on its agreement over that set is tested. The choice never
+  and picks the most of the best ones, each at least alpha there on its own, whose
+  pooled bound passes with a margin (a set picked to only just pass on the first half
+  would often fall short on the second); on the second half, one bound on its agreement
+  over that set is tested. The choice never
   sees the data that tests it.
 
 A kind of certificate with nothing it could pass (too few checks, whatever they say) is

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from proxy.config import ConfigError, parse_config
-from proxy.lane_certify import Check, certify, first_half, least_checks, round_delta
+from proxy.lane_certify import Check, _pick, certify, first_half, least_checks, round_delta
 from proxy.lanes import TaskLanes, lane_prices
 from proxy.pricing import Prices, call_cost, prices
 
@@ -88,6 +88,17 @@ def test_many_small_clusters_pass_as_a_group_that_none_passes_alone():
     assert set(cert.lanes) == set(group.clusters)
     halves = [first_half(c.input) for c in crowd]
     assert 0.4 < sum(halves) / len(halves) < 0.6
+
+
+def test_a_group_takes_every_cluster_good_on_its_own_and_none_that_rides_on_the_others():
+    """Perfect clusters first, then many at 0.92: a group of the highest bound would stop
+    at the perfect ones; it takes the good ones too, but not a cluster below alpha whose
+    few misses the pooled bound could absorb."""
+    picking = {(k, "small"): [20, 20] for k in range(10)}  # perfect
+    picking |= {(10 + k, "small"): [92, 100] for k in range(20)}  # 0.92 each: above alpha
+    picking[(99, "small")] = [40, 50]  # 0.80: below alpha on its own
+    picked = _pick(picking, "small", set(), ALPHA, 0.01)
+    assert set(picked) == set(range(30))
 
 
 def test_the_cheapest_certified_lane_serves_and_a_drifting_lane_is_demoted_there_only():
