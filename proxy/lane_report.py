@@ -21,8 +21,8 @@ from .lanes import TaskLanes
 
 def with_lanes(report: dict[str, Any], lanes: TaskLanes) -> dict[str, Any]:
     """A copy of `report` with lane figures, when the lanes' round is of its version."""
-    certificate = lanes.certificate
-    if certificate is None or report.get("version") != lanes.version:
+    certificates = lanes.certificates
+    if not certificates or report.get("version") != lanes.version:
         return report
     by_cluster: dict[int, list[dict[str, object]]] = {}
     for card in lanes.cards():
@@ -38,10 +38,10 @@ def with_lanes(report: dict[str, Any], lanes: TaskLanes) -> dict[str, Any]:
         chosen = describe(lanes.route(cluster))
         clusters.append({**card, "lanes": by_cluster.get(cluster, []), "deferred_to": chosen})
     summary = {
-        "round": certificate.round,
-        "delta": certificate.delta,
-        "pairs_tested": certificate.tested,
-        "checks_read": certificate.n_checks,
+        "round": lanes.round,
+        "delta": sum(c.delta for c in certificates.values()),  # the round's, all modes
+        "pairs_tested": {mode: c.tested for mode, c in certificates.items()},
+        "checks_read": lanes.read,
         "checks_so_far": len(lanes.checks),
         "order": lanes.lanes,
         "usd_per_1000_calls": {lane: lanes.per_1000(lane) for lane in lanes.lanes},
