@@ -119,8 +119,14 @@ async def test_the_writer_stores_batches_of_traces_decisions_and_audits(engine: 
             ood=i % 5 == 0, cluster=i % 3, input=f"text {i}", shadow_agrees=True,
         ))  # fmt: skip
         writer.submit(store.Audit(task="t", version="v1", agrees=i % 7 != 0, cluster=i % 3))
+    writer.submit(store.Audit("t", "v1", True, "small", 1, "text lane", "confirm", "a"))
+    writer.submit(store.ToolList("t", '[{"type": "function", "function": {"name": "f"}}]'))
+    writer.submit(store.ToolList("t", '[{"type": "function", "function": {"name": "g"}}]'))
     await writer.close()
-    assert len(stored) == 2480
+    assert len(stored) == 2483
+    tools = await store.latest_tools(engine, "t")
+    assert tools == '[{"type": "function", "function": {"name": "g"}}]'
+    assert await store.latest_tools(engine, "other") is None
 
     rows = [row async for row in store.iter_traces(engine, "t")]
     assert len(rows) == 1080
@@ -147,8 +153,9 @@ async def test_the_writer_stores_batches_of_traces_decisions_and_audits(engine: 
     assert len(await store.fresh_traces_after(engine, "t", 0)) == sampled
 
     audits = await store.audits_after(engine, "t")
-    assert len(audits) == 40
+    assert len(audits) == 41
     assert audits[0][1:6] == ("v1", "surrogate", 0, False, "audit")  # (id, version, lane, ...)
+    assert audits[-1][1:] == ("v1", "small", 1, True, "confirm", "text lane", "a")
     assert await store.audits_after(engine, "t", after_id=audits[-1][0]) == []
     assert len(await store.audits_after(engine, "t", after_id=audits[9][0], limit=5)) == 5
     assert await store.last_id(engine, "audits", "t") == audits[-1][0]
