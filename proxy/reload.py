@@ -1,10 +1,13 @@
 """`kill -HUP` on a running `tracer serve`: re-read the config file, apply what can change.
 
-A task's `mode` (shadow or serve) changes in place: the next request is routed by the
-new mode, and everything learned (traces, versions, live checks) stays. Any other
-difference is named in the log as needing a restart, because it changes what was
-certified or how the process is wired. With `--workers N`, uvicorn's supervisor answers
-SIGHUP by restarting its workers one by one, each reading the file anew.
+A task's `mode` (shadow or serve) and its sampling (`audit_rate`, `audit_boost`,
+`probation_boost`) change in place: the next request is routed and sampled by the new
+values, and everything learned (traces, versions, live checks) stays. Sampling may
+change at any time because each draw stays independent of the request and of any
+model's decision; only how many draws there are changes. Any other difference is named
+in the log as needing a restart, because it changes what was certified or how the
+process is wired. With `--workers N`, uvicorn's supervisor answers SIGHUP by restarting
+its workers one by one, each reading the file anew.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ from .config import Config, ConfigError, load_config
 
 log = logging.getLogger("tracer.config")
 
+RELOADED = ("mode", "audit_rate", "audit_boost", "probation_boost")  # applied in place
+
 
 def reload_modes(path: Path, running: Config) -> list[str]:
-    """Apply the file's task modes to the running config; what changed, in words."""
+    """Apply the file's task modes and sampling to the running config; what changed, in
+    words."""
     try:
         fresh = load_config(path)
     except (ConfigError, OSError) as exc:
@@ -30,12 +36,14 @@ def reload_modes(path: Path, running: Config) -> list[str]:
         if new is None:
             log.warning("reload: task %s is gone from %s; a restart removes it", task.name, path)
             continue
-        if new.mode != task.mode:
-            done.append(f"task {task.name}: mode {task.mode} -> {new.mode}")
-            task.mode = new.mode
+        for name in RELOADED:
+            before, after = getattr(task, name), getattr(new, name)
+            if after != before:
+                done.append(f"task {task.name}: {name} {before} -> {after}")
+                setattr(task, name, after)
         other = sorted(
             name for name in type(task).model_fields
-            if name != "mode" and getattr(new, name) != getattr(task, name)
+            if name not in RELOADED and getattr(new, name) != getattr(task, name)
         )  # fmt: skip
         if other:
             log.warning("reload: task %s: %s changed; a restart applies it", task.name,
@@ -46,5 +54,5 @@ def reload_modes(path: Path, running: Config) -> list[str]:
     for line in done:
         log.info("reload: %s", line)
     if not done:
-        log.info("reload: %s read; no mode changed", path)
+        log.info("reload: %s read; no mode or sampling changed", path)
     return done
