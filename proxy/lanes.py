@@ -196,8 +196,8 @@ class TaskLanes:
         delta_r, alpha = round_delta(self.delta, r), self.task.target
         modes = [m for m in MODES if testable(used, regions[m], self.lanes, alpha, delta_r / 2)]
         certificates: dict[str, Certificate] = {}
+        share = delta_r / max(1, len(modes))
         for mode in modes:
-            share = delta_r / len(modes)
             certificate = certify(used, regions[mode], self.lanes, alpha, share, r)
             if certificate is not None:
                 certificates[mode] = certificate

@@ -122,12 +122,14 @@ def _answers(router: Router, rows: Rows, output_format: str) -> list[Verdict]:
 def _whole_calls(router: Router, rows: Rows, output_format: str) -> list[Verdict]:
     """Per trace: a whole call, checked as a call; or a narrowed name, checked as a name."""
     caller = router.tools
+    if caller is None:  # no tool section: it answers nothing itself
+        return [(False, None)] * len(rows)
     out: list[Verdict] = []
     for (_, text, label, raw), d in zip(
         rows, router.predict_batch([r[1] for r in rows]), strict=True
     ):
-        plan = caller.plan(d.label, d.accept_score, text) if caller and d.handled else None
-        if caller is not None and plan is not None and plan.kind == "whole":
+        plan = caller.plan(d.label, d.accept_score, text) if d.handled else None
+        if plan is not None and plan.kind == "whole":
             out.append((True, caller.key(plan) == raw))
         elif plan is not None and plan.kind == "narrow":
             out.append((False, d.label == label))

@@ -83,7 +83,8 @@ class ProxyState:
             self.writer.submit(store.ToolList(task, json.dumps(tools)))
 
     async def known_tools(self, task: str) -> list[Any] | None:
-        """The tools offered last for `task`, by any worker; None: never."""
+        """The tools this worker saw offered last for `task`, else the store's newest (any
+        worker's); None: never."""
         tools = self.tools_seen.get(task)
         if tools is None:
             stored = await store.latest_tools(self.engine, task)
