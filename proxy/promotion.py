@@ -22,9 +22,11 @@ are never part of the sample.
   a small difference on a few hundred traces, which is noise, goes its way; a
   clear one leaves it `not_better`.
 
-While a candidate waits for its `MIN_FRESH` traces, the task samples more of its
-traffic (`proxy.sampling`) and fits no newer version (`proxy.refit`), so it is
-settled within a bounded amount of traffic rather than superseded unjudged.
+A fit that will be a candidate usually leaves the newest `MIN_FRESH` fresh traces out
+of its data (`proxy.refit`), so they are there to judge it at once. When fewer had
+arrived, it waits for them: the task samples more of its traffic (`proxy.sampling`)
+and fits no newer version (`proxy.refit`), so it is settled within a bounded amount
+of traffic rather than superseded unjudged.
 """
 
 from __future__ import annotations
@@ -46,11 +48,10 @@ from .evidence import agreement_test
 from .metrics import Metrics
 from .models import LiveModels
 from .monitor import Monitor
-from .refit import RefitOutcome, deploy
+from .refit import MIN_FRESH, RefitOutcome, deploy
 
 log = logging.getLogger("tracer.refit")
 
-MIN_FRESH = 200
 MAX_FRESH = 5000
 WORSE_LEVEL = 0.05
 

@@ -13,6 +13,14 @@ A fit that passes the gate is served at once when nothing else is (or the task i
 in fallback). Otherwise it becomes a candidate, which `proxy.promotion` compares
 with the served version on fresh traffic before either is preferred.
 
+**Judged at once.** A fit that will be a candidate leaves out the newest `MIN_FRESH`
+fresh traces (sampled independently of any model) and records its data cut just
+before them: they arrived after the served version's data and are in no split of
+the candidate, so they are the fresh traffic it is judged on, with no wait. Traces
+after the cut that can never judge (`deferred`, `narrowed`, `import`) still train it.
+When fewer fresh traces than that arrived since the last fit, nothing is left out
+and the candidate waits for its fresh traffic as below.
+
 **A candidate is settled before the next fit.** It is judged only on sampled traces
 that arrived after its data, and a newer fit supersedes it, restarting that wait: if
 fits came faster than fresh samples, no candidate would ever be judged, and each
@@ -60,6 +68,7 @@ Outcome = Literal[
 LEASE_TTL_S = 30 * 60.0
 POLL_S = 2.0
 SHIFT_REFIT_TRACES = 200  # after a shift or a demotion, refit on this many new traces
+MIN_FRESH = 200  # fresh traces a candidate is judged on (`proxy.promotion`)
 
 
 def delta_share(attempt: int) -> float:
@@ -161,7 +170,7 @@ class RefitLoop:
         work = self.store.task_dir(task.name) / "work"
         work.mkdir(parents=True, exist_ok=True)
         traces_path = work / f"traces-{self.holder.replace(':', '_')}.jsonl"
-        n, last_id = await self._export(task.name, traces_path)
+        n, last_id = await self._export(task.name, traces_path, await self._judge_cut(task))
         version = self.store.next_version(task.name)
         if task.name in self.monitor.tasks:
             self.monitor.task(task.name).refit_wanted = False  # this fit answers the ask
@@ -236,14 +245,30 @@ class RefitLoop:
             f"; {failures} failed refits in a row" if failures > 1 else "",
         )  # fmt: skip
 
-    async def _export(self, task: str, path: Path) -> tuple[int, int]:
+    async def _judge_cut(self, task: TaskConfig) -> int | None:
+        """Where a fit that will be a candidate ends its fresh data (see the module doc);
+        None for a fit that will be served at once, or judged by no one (pinned)."""
+        if self.models.get(task.name) is None or self.monitor.fallback_reason(task.name):
+            return None
+        if await asyncio.to_thread(self.models.store.pinned, task.name):
+            return None
+        last = await store.last_refit(self.engine, task.name)
+        after = int(last["last_trace_id"]) if last else 0
+        return await store.fresh_cut(self.engine, task.name, MIN_FRESH, after)
+
+    async def _export(self, task: str, path: Path, cut: int | None) -> tuple[int, int]:
+        """Write the fit's traces; (how many, its data cut). After `cut`, only traces that
+        can never judge a version are written."""
         n, last_id = 0, 0
         with path.open("w", encoding="utf-8") as out:
             async for row in store.iter_traces(self.engine, task):
+                after_cut = cut is not None and int(row["id"]) > cut
+                if after_cut and store.is_fresh(row["source"]):
+                    continue
                 trace = Trace(row["input"], row["label"], row["source"], row["raw_output"])
                 out.write(trace.to_json() + "\n")
-                n, last_id = n + 1, int(row["id"])
-        return n, last_id
+                n, last_id = n + 1, last_id if after_cut else int(row["id"])
+        return n, last_id if cut is None else cut
 
     async def _run_worker(
         self, traces: Path, out_dir: Path, options: str, log_path: Path

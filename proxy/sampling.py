@@ -36,7 +36,7 @@ from . import store
 from .config import Config, TaskConfig
 from .metrics import Metrics
 from .monitor import Monitor
-from .promotion import MIN_FRESH
+from .refit import MIN_FRESH
 
 
 def sampling_rate(floor: float, boost: int, sampled: int) -> float:

@@ -244,6 +244,29 @@ async def fresh_traces_after(
         return [tuple(r) for r in (await conn.execute(query)).all()]  # type: ignore[misc]
 
 
+async def fresh_cut(engine: AsyncEngine, task: str, keep: int, after_id: int) -> int | None:
+    """The trace id just before the `keep` newest fresh traces after `after_id` (None if
+    there are fewer): a fit that leaves those out can be judged on them at once."""
+    query = (
+        select(TraceRow.id)
+        .where(*_fresh(task, after_id))
+        .order_by(TraceRow.id.desc())
+        .offset(keep - 1)
+        .limit(1)
+    )
+    async with engine.connect() as conn:
+        found = (await conn.execute(query)).scalar_one_or_none()
+    return None if found is None else int(found) - 1
+
+
+NOT_FRESH = (TRAIN_ONLY, ARGUMENTS_ONLY, "import")
+
+
+def is_fresh(source: str) -> bool:
+    """`_fresh`'s test of a trace's source, for rows already read."""
+    return source not in NOT_FRESH
+
+
 def _fresh(task: str, after_id: int) -> tuple[ColumnElement[bool], ...]:
     """Live traffic after `after_id`, sampled independently of any model: not `deferred`
     (a model's hard cases), nor `narrowed` (the tool a served version forced), nor
@@ -252,7 +275,7 @@ def _fresh(task: str, after_id: int) -> tuple[ColumnElement[bool], ...]:
         TraceRow.task == task,
         TraceRow.id > after_id,
         TraceRow.valid.is_(True),
-        TraceRow.source.not_in((TRAIN_ONLY, ARGUMENTS_ONLY, "import")),
+        TraceRow.source.not_in(NOT_FRESH),
     )
 
 

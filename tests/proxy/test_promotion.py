@@ -17,7 +17,8 @@ import pytest
 
 from proxy import promotion, store
 from proxy.config import TaskConfig
-from proxy.promotion import MIN_FRESH, Comparison
+from proxy.promotion import Comparison
+from proxy.refit import MIN_FRESH
 from proxy.state import ProxyState
 from tests.support import intents_config
 

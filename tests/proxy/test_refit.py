@@ -12,6 +12,7 @@ import pytest
 
 from proxy import store
 from proxy.config import TaskConfig
+from proxy.refit import MIN_FRESH
 from proxy.sim.synthetic import make_intents
 from proxy.state import ProxyState
 from tests.support import SHARED, intents_config
@@ -108,18 +109,23 @@ async def test_refused_and_crashed_fits_leave_the_served_model_alone(tmp_path: P
 async def test_a_candidate_is_judged_on_fresh_traffic_never_on_its_own_certificate(
     tmp_path: Path,
 ):
-    """A refit that passes the gate while v0001 serves waits as a candidate; both are then
-    scored on sampled traces neither has seen, and the one that handles less stays out."""
+    """A refit that passes the gate while v0001 serves is a candidate; both are then
+    scored on sampled traces neither has seen, and the one that handles less stays out.
+    The fit left the newest fresh traces out, so it is judged at once."""
     async with serving_intents(tmp_path) as (state, task):
         # New traces where the teacher flips a coin between two intents: a refit still
         # passes the gate, but must leave that region to the teacher.
-        await add_traces(state, coin_flip_intents())
+        flips = coin_flip_intents()
+        await add_traces(state, flips[:800], source="deferred")
+        await add_traces(state, flips[800:])
         pending = await state.refits.refit(task)
         assert pending.outcome == "candidate", pending
         assert state.models.store.current("intents") == "v0001"
-        assert await state.promotion.check(task) is None  # no fresh traffic yet
-        fresh = coin_flip_intents()[:400]
-        await add_traces(state, [(f"{x} again", y) for x, y in fresh], source="audit")
+        cut = await store.last_refit(state.engine, "intents")
+        assert cut is not None
+        # Out of the fit: the newest MIN_FRESH fresh traces. In it: every deferred one.
+        assert cut["n_traces"] == 800 + 1600 - MIN_FRESH
+        assert await store.count_fresh(state.engine, "intents", cut["last_trace_id"]) == MIN_FRESH
         judged = await state.promotion.check(task)
         assert judged is not None and judged.outcome == "not_better", judged
         assert "v0001 stays" in (judged.reason or "")
@@ -134,6 +140,24 @@ async def test_a_candidate_is_judged_on_fresh_traffic_never_on_its_own_certifica
         swapped = await state.refits.refit(task)
         assert swapped.outcome == "deployed", swapped
         assert state.models.store.current("intents") == swapped.version
+
+
+async def test_a_candidate_without_enough_fresh_traces_waits_for_them(tmp_path: Path):
+    """When fewer than MIN_FRESH fresh traces came since the last fit, the fit keeps them
+    all, and the candidate is judged once fresh traffic has arrived after its data."""
+    async with serving_intents(tmp_path) as (state, task):
+        await add_traces(state, make_intents(700, seed=6), source="deferred")
+        await add_traces(state, make_intents(MIN_FRESH - 1, seed=8))
+        pending = await state.refits.refit(task)
+        assert pending.outcome == "candidate", pending
+        cut = await store.last_refit(state.engine, "intents")
+        assert cut is not None and cut["n_traces"] == 800 + 700 + MIN_FRESH - 1
+        assert await state.promotion.check(task) is None  # no fresh traffic yet
+        fresh = [(f"{x} later", y) for x, y in make_intents(MIN_FRESH, seed=7)]
+        await add_traces(state, fresh, source="audit")
+        judged = await state.promotion.check(task)
+        assert judged is not None and judged.outcome == "deployed", judged
+        assert judged.reason is not None and f"on {MIN_FRESH} fresh traces" in judged.reason
 
 
 async def test_a_pinned_task_keeps_its_version_through_refits_and_demotions(tmp_path: Path):
