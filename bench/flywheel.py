@@ -129,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--min-coverage", type=float, default=0.1)
     p.add_argument("--min-new-traces", type=int, default=1000)
+    p.add_argument("--growth", type=float, default=None, help="refit.growth (default: the proxy's)")
     p.add_argument("--horizon", type=int, default=0, help="tasks[].horizon (0: on average)")
     p.add_argument("--audit-boost", type=int, default=1000)
     p.add_argument(
@@ -151,10 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         horizon=args.horizon,
         audit_boost=args.audit_boost,
         min_new_traces=args.min_new_traces,
+        growth=args.growth,
     )
     print(f"{args.data}: {s.per_day} a day for {s.days} days, alpha {s.target}, confidence "
           f"{s.confidence}, min_new_traces {s.min_new_traces}, embedder {s.embedder}, "
-          f"horizon {s.horizon}, audit_boost {s.audit_boost}, {s.concurrency} clients")  # fmt: skip
+          f"horizon {s.horizon}, audit_boost {s.audit_boost}, growth {s.growth or 'default'}, "
+          f"{s.concurrency} clients")  # fmt: skip
     runs = []
     for seed in seeds(args.seeds):
         runs.append(one_run(seed, s, args.data, args.keep))

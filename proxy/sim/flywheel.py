@@ -60,6 +60,7 @@ class Settings:
     # refit.min_new_traces; 0: a day's worth. Time is compressed: the proxy's refit rule
     # is checked after every `step` requests, and a due fit runs before traffic goes on.
     min_new_traces: int = 0
+    growth: float | None = None  # refit.growth (None: the proxy's default)
     step: int = 100
     port: int = 0
     timeout_s: float = 60.0
@@ -165,7 +166,11 @@ def demo_config(
         "artifacts": {"dir": str(workdir / "artifacts")},
         # Fits run when the flywheel checks the refit rule (`Flywheel.tick`), between
         # steps of traffic; the background loop only reads evidence and settles candidates.
-        "refit": {"min_new_traces": s.min_new_traces or s.per_day, "interval_seconds": 1e9},
+        "refit": {
+            "min_new_traces": s.min_new_traces or s.per_day,
+            "interval_seconds": 1e9,
+            **({"growth": s.growth} if s.growth is not None else {}),
+        },
     }
     models = raw["model_list"]
     if s.prices is not None:
