@@ -64,6 +64,38 @@ class Calibration:
         return asdict(self)
 
 
+def _accepted(
+    scores: np.ndarray, correct: np.ndarray, grid: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(scores sorted high to low, cumulative agreements, accepted and agreeing counts
+    at each grid threshold)."""
+    order = np.argsort(-scores, kind="stable")
+    s_sorted = scores[order]
+    c_cum = np.concatenate([[0], np.cumsum(correct[order])])
+    counts = np.searchsorted(-s_sorted, -grid, side="right")  # scores >= each threshold
+    return s_sorted, c_cum, counts, c_cum[counts]
+
+
+def bounded_coverage(
+    scores: np.ndarray, correct: np.ndarray, alpha: float, delta: float
+) -> tuple[float, float | None]:
+    """The largest coverage at a grid threshold whose lower bound reaches alpha, and the
+    agreement there.
+
+    No fixed sequence: the threshold is picked after looking, so this certifies
+    nothing. Validation uses it to choose a model and to foretell whether calibration
+    will certify; a fixed sequence there would end at the first slip among the
+    `min_testable` most confident inputs, and refuse a good model for it."""
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
+    _, _, counts, agree = _accepted(scores, np.asarray(correct, dtype=bool), threshold_grid())
+    ok = (counts >= min_testable(alpha, delta)) & (cp_lower(agree, counts, delta) >= alpha)
+    if n == 0 or not ok.any():
+        return 0.0, None
+    best = int(np.flatnonzero(ok)[np.argmax(counts[ok])])
+    return float(counts[best] / n), float(agree[best] / counts[best])
+
+
 def calibrate(
     scores: np.ndarray,
     correct: np.ndarray,
@@ -77,12 +109,7 @@ def calibrate(
     correct = np.asarray(correct, dtype=bool)
     n = len(scores)
     grid = threshold_grid() if grid is None else grid
-    order = np.argsort(-scores, kind="stable")
-    s_sorted = scores[order]
-    c_cum = np.concatenate([[0], np.cumsum(correct[order])])
-    # accepted count at threshold t = number of scores >= t
-    counts = np.searchsorted(-s_sorted, -grid, side="right")
-    agree = c_cum[counts]
+    s_sorted, c_cum, counts, agree = _accepted(scores, correct, grid)
     lbs = clopper_pearson_lower(agree, counts, delta)
     n_min = max(min_testable(alpha, delta), start_count)
     chosen = None

@@ -215,11 +215,11 @@ def _run(
     feats = stages.embed_splits(splits, opts, manifest, progress)
     chosen = selection.select(feats, opts, alpha, delta, progress)
     if not any(r["coverage"] > 0 for r in chosen.rows):
-        # Nothing certifies even on validation: testing calibration would spend this
+        # No bound reaches alpha even on validation: testing calibration would spend this
         # fit's share of delta on a refusal that validation (independent of it) foretells.
         raise Refusal(
             "nothing_to_certify",
-            f"no candidate certifies any coverage at alpha={opts.target} on the validation "
+            f"no candidate's bound reaches alpha={opts.target} at any coverage on the validation "
             f"split ({len(feats.y_val)} traces): more traces are needed; the calibration "
             "split was not tested, so this fit spent none of delta",
         )

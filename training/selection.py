@@ -1,8 +1,9 @@
 """Choosing the surrogate: every candidate and acceptor judged on validation, the winner
 refitted, exported to ONNX, and checked against scikit-learn.
 
-The choice is made by the coverage each (candidate, acceptor) pair certifies at
-alpha on the validation split, which the threshold never sees.
+The choice is made by the coverage at which each (candidate, acceptor) pair's
+lower bound reaches alpha on the validation split, which the threshold never sees
+(`training.bound.bounded_coverage`: a choice, not a certificate).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from router.manifest import Scoring
 from router.pipeline import Pipeline
 from router.settings import FitOptions
 from training.acceptors import cross_fit_scores, fit_learned, learned_to_onnx
-from training.bound import calibrate, start_count_for
+from training.bound import bounded_coverage, calibrate
 from training.candidates import Candidate, Reducer, default_candidates
 from training.embedders import EncoderEmbedder, TfidfEmbedder, embed
 from training.progress import Progress
@@ -62,7 +63,7 @@ class Selection:
     ood_min: float | None
 
     def validation_coverage(self) -> float:
-        """The chosen pair's coverage at alpha on validation (certified or empirical)."""
+        """The chosen pair's coverage at alpha on validation (bounded or empirical)."""
         chosen = (self.winner.name, self.acceptor)
         return max(
             max(r["coverage"], r["best_empirical_coverage"])
@@ -101,21 +102,21 @@ def select(
                 else:
                     score = simple_score(acc, val_feats)
                 score = np.where(ood_val, -np.inf, score)
-                start = start_count_for(len(score), opts.min_coverage)
-                cal = calibrate(score, correct, alpha, delta, start_count=start)
+                cal = calibrate(score, correct, alpha, delta)  # for its empirical figures
+                coverage, agreement = bounded_coverage(score, correct, alpha, delta)
                 rows.append(
                     {
                         "candidate": cand.name,
                         "acceptor": acc,
                         "params": cand.params,
                         "accuracy": float(correct.mean()),
-                        "coverage": cal.coverage,
-                        "agreement": cal.agreement,
+                        "coverage": coverage,
+                        "agreement": agreement,
                         "best_empirical_coverage": cal.best_empirical_coverage,
                         "fit_seconds": secs,
                     }
                 )
-                key = (cal.coverage, cal.best_empirical_coverage, float(correct.mean()))
+                key = (coverage, cal.best_empirical_coverage, float(correct.mean()))
                 if best is None or key > best[0]:
                     best = (key, cand, acc, val_feats)
             progress.log(f"  {cand.name}: accuracy {correct.mean():.3f} ({secs:.1f}s)")

@@ -6,6 +6,7 @@ from scipy.stats import binom
 
 from training.bound import (
     batch_target,
+    bounded_coverage,
     calibrate,
     clopper_pearson_lower,
     min_testable,
@@ -63,6 +64,20 @@ def test_calibrate_refuses_without_signal_and_certifies_with_it() -> None:
     # -inf scores (OOD) are never accepted
     cal2 = calibrate(np.where(scores > 0.9, -np.inf, scores), good, 0.95, 0.05, start_count=150)
     assert cal2.coverage <= 0.9
+
+
+def test_validation_coverage_survives_one_early_slip() -> None:
+    """A fixed sequence ends at a slip among the most confident inputs; the coverage
+    validation chooses and foretells by does not (it certifies nothing)."""
+    n, delta = 500, 0.003
+    scores = np.linspace(1.0, 0.0, n, endpoint=False)
+    good = scores > 0.2  # the top 80% agree with the teacher...
+    good[3] = False  # ...but for one slip among the first min_testable (about 113)
+    assert calibrate(scores, good, 0.95, delta).coverage == 0.0
+    coverage, agreement = bounded_coverage(scores, good, 0.95, delta)
+    assert 0.75 < coverage <= 0.85 and agreement is not None and agreement >= 0.95
+    assert bounded_coverage(scores, np.arange(n) % 2 == 0, 0.95, delta) == (0.0, None)
+    assert bounded_coverage(scores[:0], good[:0], 0.95, delta) == (0.0, None)
 
 
 def test_bound_holds_over_repeated_calibrations() -> None:
