@@ -156,10 +156,7 @@ class RefitConfig(_Strict):
     interval_seconds: float = Field(default=300, gt=0)
     # A refit also waits until the traces grew by this share since the last fit, so that
     # fits (each spending a share of delta) grow in number like the log of the traffic.
-    # A quarter rather than a half brings a young task's fits nearer (bench/flywheel.py);
-    # by 100,000 traces it is the 18th fit rather than the 11th, at a delta 2.7 times
-    # smaller: about 6% more slack in its bound (which grows like sqrt(log(1/delta))).
-    growth: float = Field(default=0.25, ge=0)
+    growth: float = Field(default=0.5, ge=0)
 
 
 class Config(_Strict):
