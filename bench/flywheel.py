@@ -154,9 +154,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         min_new_traces=args.min_new_traces,
         growth=args.growth,
     )
+    growth = "default" if s.growth is None else s.growth
     print(f"{args.data}: {s.per_day} a day for {s.days} days, alpha {s.target}, confidence "
           f"{s.confidence}, min_new_traces {s.min_new_traces}, embedder {s.embedder}, "
-          f"horizon {s.horizon}, audit_boost {s.audit_boost}, growth {s.growth or 'default'}, "
+          f"horizon {s.horizon}, audit_boost {s.audit_boost}, growth {growth}, "
           f"{s.concurrency} clients")  # fmt: skip
     runs = []
     for seed in seeds(args.seeds):

@@ -267,7 +267,8 @@ class RefitLoop:
                     continue
                 trace = Trace(row["input"], row["label"], row["source"], row["raw_output"])
                 out.write(trace.to_json() + "\n")
-                n, last_id = n + 1, last_id if after_cut else int(row["id"])
+                n += 1
+                last_id = int(row["id"])
         return n, last_id if cut is None else cut
 
     async def _run_worker(
