@@ -369,8 +369,16 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
 
 
 def fit_options(task: TaskConfig) -> FitOptions:
-    """What a refit of `task` fits with: the one settings object the trainer reads."""
+    """What a refit of `task` fits with: the one settings object the trainer reads.
+
+    A live fit keeps no test split: its held-out evidence is the fresh traffic after
+    its data cut, on which it is compared and then audited. A test split's share of
+    the sampled traces tightens the calibration bound instead.
+    """
+    defaults = FitOptions()
     return FitOptions(
+        test_size=0.0,
+        calibration_size=defaults.calibration_size + defaults.test_size,
         target=task.target,
         confidence=task.confidence,
         min_coverage=task.min_coverage,

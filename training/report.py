@@ -111,6 +111,13 @@ def build_report(
     saved = _saved_heldout(directory)
     test = _traces(heldout) if heldout is not None else saved.get("test", [])
     cal = _traces(calibration) if calibration is not None else saved.get("calibration", [])
+    source = f"test split saved by the fit ({len(test)} traces, never used to fit or choose)"
+    if heldout is None and not test and cal:  # a live fit: its test is the fresh traffic
+        test = cal
+        source = (
+            f"calibration split ({len(cal)} traces; the fit kept no test split, so these "
+            "figures are on the traces that chose the threshold)"
+        )
     report: dict[str, Any] = {
         "task": manifest.task,
         "version": directory.name,
@@ -120,8 +127,7 @@ def build_report(
         "threshold": manifest.threshold,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": {
-            "description": description
-            or f"test split saved by the fit ({len(test)} traces, never used to fit or choose)",
+            "description": description or source,
             "n": len(test),
         },
         "summary": {"n": len(test)},

@@ -125,7 +125,11 @@ def fit_tools(
         section["whole_calibration"] = cal.as_dict()
         progress.log(f"whole calls: threshold {cal.threshold}, coverage {cal.coverage:.3f}")
     caller.whole_threshold = cal.threshold
-    section["test"] = _test(caller, pipe, splits.traces_of("test"), name_threshold)
+    held = "test" if len(splits.index["test"]) else "calibration"  # a live fit keeps no test
+    section["test"] = {
+        **_test(caller, pipe, splits.traces_of(held), name_threshold),
+        "split": held,
+    }
     manifest["tools"] = section
 
 

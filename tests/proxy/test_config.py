@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.config import ConfigError, load_config, parse_config
+from proxy.config import ConfigError, fit_options, load_config, parse_config
 
 MODEL = {"model_name": "m", "litellm_params": {"model": "openai/m", "api_key": "os.environ/KEY"}}
 TASK = {"name": "t", "match": {"model": "alias"}, "teacher": "m"}
@@ -101,3 +101,10 @@ def test_yaml_errors_are_reported(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_a_live_fit_puts_the_test_share_into_calibration():
+    config = parse_config({"model_list": [MODEL], "tasks": [TASK]}, env={"KEY": "k"})
+    options = fit_options(config.tasks[0])
+    assert options.test_size == 0.0
+    assert options.calibration_size == pytest.approx(0.35)

@@ -121,3 +121,15 @@ def test_refusal_report_says_why(tmp_path):
     report = build_report(tmp_path / "m")
     assert report["status"] == "refused" and report["refusal"]["reason"]
     assert "refused" in render_html(report)
+
+
+def test_a_fit_without_a_test_split_reports_on_its_calibration_split(tmp_path):
+    rows = make_intents(1200, seed=5)
+    out = tmp_path / "model"
+    opts = FitOptions(target=0.9, confidence=0.9, min_coverage=0.05, quiet=True, test_size=0.0)
+    assert fit(rows, out, opts).deployed
+    report = json.loads((out / "report.json").read_text())
+    calibration = saved_splits(out)["calibration"]
+    assert report["summary"]["n"] == len(calibration) > 0
+    assert "calibration split" in report["source"]["description"]
+    assert report["clusters"] and report_inputs(report) <= calibration
