@@ -1,6 +1,6 @@
 """Fixtures of the proxy suites: one fitted model for the session, and the PostgreSQL server.
 
-`pg_server` and `pg_url` are those of `test_postgres_e2e` (a fresh database per test on
+`pg_server` and `pg_url` are those of `postgres_server` (a fresh database per test on
 the server `TRACER_TEST_PG_URL` names; a skip, with the reason, where none is set).
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from proxy.sim.synthetic import make_intents
-from tests.proxy.test_postgres_e2e import pg_server, pg_url
+from tests.proxy.postgres_server import pg_server, pg_url
 from tests.support import serve_fitted_intents
 
 __all__ = ["fitted_intents", "pg_server", "pg_url", "store_url"]
