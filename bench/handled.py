@@ -38,16 +38,11 @@ import asyncio
 import contextlib
 import itertools
 import json
-import multiprocessing as mp
 import os
-import select
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
 from statistics import median
@@ -57,145 +52,34 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-import aiohttp  # noqa: E402
 import httpx  # noqa: E402
-import openai  # noqa: E402
+from chat_load import AiohttpClient, measure, measure_in_processes  # noqa: E402
+from local_servers import child_env, free_port, http_server, proxy, teacher  # noqa: E402
+from process_cpu import placed  # noqa: E402
+
+# What bench/profile_handled.py and bench/wakeup.py take from here.
+__all__ = [
+    "DATASET",
+    "HANDLED_TASK",
+    "REPO",
+    "child_env",
+    "ensure_model",
+    "free_port",
+    "handled_inputs",
+    "measure",
+    "proxy",
+    "teacher",
+    "write_config",
+]
 
 DATASET = REPO.parent / "shared" / "datasets" / "banking77"
 HANDLED_TASK, DEFERRED_TASK = "banking77", "banking77-nomodel"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Issue 21: the proxy adds <= 0.5 ms at p50 over the floor, one request at a time, and one
 # worker serves >= 2,000 handled requests/s at 32 concurrent, both with the lean client.
 TARGET_ADDED_MS, TARGET_RPS = 0.5, 2000.0
 
 
-# -- processes ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def set_affinity(pid: int, cpus: set[int]) -> None:
-    """Move every thread of `pid` (sched_setaffinity alone moves one thread)."""
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(ProcessLookupError):
-            os.sched_setaffinity(int(tid), cpus)
-
-
-@contextlib.contextmanager
-def placed(placement: str, pids: Sequence[int]) -> Iterator[None]:
-    """Run the block with this process and `pids` where `placement` says (see the doc)."""
-    if placement == "spread":
-        yield
-        return
-    if placement != "one-core":
-        raise ValueError(f"unknown placement {placement!r}")
-    everywhere = os.sched_getaffinity(0)
-    everyone = [os.getpid(), *(member for pid in pids for member in family(pid))]
-    for pid in everyone:
-        set_affinity(pid, {min(everywhere)})
-    try:
-        yield
-    finally:
-        for pid in everyone:
-            set_affinity(pid, everywhere)
-
-
-def _stat(pid: int) -> list[str]:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def family(pid: int) -> list[int]:
-    """`pid` and its descendants: `tracer serve --workers N` is a parent and N workers."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                children.setdefault(int(_stat(int(name))[1]), []).append(int(name))
-    found, todo = [], [pid]
-    while todo:
-        found.append(todo.pop())
-        todo += children.get(found[-1], [])
-    return found
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid` and its live descendants (the workers)."""
-    total = 0
-    for member in family(pid):
-        with contextlib.suppress(OSError):
-            fields = _stat(member)
-            total += int(fields[11]) + int(fields[12])
-    return total / CLK_TCK
-
-
-@contextlib.contextmanager
-def teacher(traces: Path, latency_ms: float, log: Path) -> Iterator[str]:
-    cmd = [sys.executable, "-m", "proxy.cli", "sim-teacher", "--data", str(traces)]
-    cmd += ["--port", "0", "--latency-ms", str(latency_ms)]
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=err, text=True
-        )
-    try:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 60)
-        url = proc.stdout.readline().strip() if ready else ""
-        if not url.startswith("http"):
-            raise RuntimeError(f"simulated teacher did not start:\n{log.read_text()[-2000:]}")
-        yield url
-    finally:
-        stop(proc)
-
-
-@contextlib.contextmanager
-def http_server(
-    cmd: list[str], port: int, probe: str, what: str, log: Path
-) -> Iterator[tuple[str, int]]:
-    """Run `cmd`, wait until GET `probe` answers 200, yield (base URL + /v1, pid); stop it."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=out, text=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start:\n{log.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}{probe}", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield f"{base}/v1", proc.pid
-    finally:
-        stop(proc)
-
-
-def proxy(
-    config: Path, log: Path, workers: int = 1
-) -> contextlib.AbstractContextManager[tuple[str, int]]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
-    cmd += ["--port", str(port), "--log-level", "warning", "--workers", str(workers)]
-    return http_server(cmd, port, "/healthz", "proxy", log)
-
-
+# -- the floor and the config ------------------------------------------------------------------
 def canned(reply: Path, log: Path) -> contextlib.AbstractContextManager[tuple[str, int]]:
     """A bare uvicorn app that returns one recorded proxy reply: the client's and HTTP's floor."""
     port = free_port()
@@ -281,207 +165,6 @@ def ensure_model(artifacts: Path, rows: list[tuple[str, str]], labels: list[str]
     return version
 
 
-# -- load ----------------------------------------------------------------------------------------
-@dataclass
-class Run:
-    name: str
-    client: str
-    concurrency: int
-    latencies: list[float]
-    decisions: dict[str, int]
-    wall_s: float
-    proxy_cpu_s: float
-    client_cpu_s: float
-    errors: int
-    placement: str = "spread"
-
-    def pct(self, q: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[max(0, min(len(ordered) - 1, round(q * len(ordered) + 0.5) - 1))]
-
-    @property
-    def n(self) -> int:
-        return len(self.latencies)
-
-    @property
-    def label(self) -> str:
-        return self.name if self.placement == "spread" else f"{self.name}, {self.placement}"
-
-    def row(self) -> str:
-        return (
-            f"| {self.label} | {self.client} | {self.concurrency} | {self.n} | "
-            f"{1000 * self.pct(0.5):.2f} | "
-            f"{1000 * self.pct(0.99):.2f} | {self.n / self.wall_s:.0f} | "
-            f"{1000 * self.proxy_cpu_s / self.n:.2f} | {1000 * self.client_cpu_s / self.n:.2f} | "
-            f"{', '.join(f'{k} {v}' for k, v in sorted(self.decisions.items()))} | {self.errors} |"
-        )
-
-
-class OpenAIClient:
-    name = "openai AsyncOpenAI"
-
-    def __init__(self, url: str) -> None:
-        self.client = openai.AsyncOpenAI(base_url=url, api_key="x", max_retries=0, timeout=60)
-
-    async def call(self, model: str, text: str) -> str:
-        raw = await self.client.chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": text}]
-        )
-        raw.parse()
-        return raw.headers.get("x-tracer-decision", "?")
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
-class OpenAIAiohttpClient(OpenAIClient):
-    """The same client on its documented aiohttp transport: half the client CPU of httpx."""
-
-    name = "openai AsyncOpenAI + DefaultAioHttpClient"
-
-    def __init__(self, url: str) -> None:
-        self.client = openai.AsyncOpenAI(
-            base_url=url,
-            api_key="x",
-            max_retries=0,
-            timeout=60,
-            http_client=openai.DefaultAioHttpClient(),
-        )
-
-
-class AiohttpClient:
-    name = "aiohttp (lean)"
-
-    def __init__(self, url: str) -> None:
-        self.url = f"{url}/chat/completions"
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=60)
-        )
-
-    async def call(self, model: str, text: str) -> str:
-        body = {"model": model, "messages": [{"role": "user", "content": text}]}
-        async with self.session.post(self.url, json=body) as response:
-            await response.read()
-            response.raise_for_status()
-            return response.headers.get("x-tracer-decision", "?")
-
-    async def close(self) -> None:
-        await self.session.close()
-
-
-CLIENTS: dict[str, type[OpenAIClient] | type[AiohttpClient]] = {
-    "openai": OpenAIClient,
-    "openai-aiohttp": OpenAIAiohttpClient,
-    "aiohttp": AiohttpClient,
-}
-
-
-async def drive(
-    client: OpenAIClient | AiohttpClient,
-    model: str,
-    texts: Sequence[str],
-    n: int,
-    concurrency: int,
-) -> tuple[list[float], dict[str, int], int, float]:
-    latencies: list[float] = []
-    decisions: dict[str, int] = {}
-    errors = 0
-    sent = 0
-
-    async def worker() -> None:
-        nonlocal sent, errors
-        while sent < n:
-            text = texts[sent % len(texts)]
-            sent += 1
-            started = time.perf_counter()
-            try:
-                decision = await client.call(model, text)
-            except Exception:
-                errors += 1
-                continue
-            latencies.append(time.perf_counter() - started)
-            decisions[decision] = decisions.get(decision, 0) + 1
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, decisions, errors, time.perf_counter() - started
-
-
-async def measure(
-    name: str, kind: str, url: str, pid: int, model: str, texts: Sequence[str], n: int,
-    warmup: int, concurrency: int,
-) -> Run:  # fmt: skip
-    client = CLIENTS[kind](url)
-    try:
-        await drive(client, model, texts, warmup, concurrency)
-        proxy_cpu, client_cpu = cpu_seconds(pid), time.process_time()
-        latencies, decisions, errors, wall = await drive(client, model, texts, n, concurrency)
-        proxy_cpu, client_cpu = cpu_seconds(pid) - proxy_cpu, time.process_time() - client_cpu
-    finally:
-        await client.close()
-    return Run(
-        name, client.name, concurrency, latencies, decisions, wall, proxy_cpu, client_cpu, errors
-    )
-
-
-def _client_process(
-    kind: str, url: str, model: str, texts: Sequence[str], n: int, warmup: int,
-    concurrency: int, barrier: Any, results: Any,
-) -> None:  # fmt: skip
-    """One client process: warm up, wait for the others, then measure its share."""
-
-    async def go() -> tuple[list[float], dict[str, int], int, float, float]:
-        client = CLIENTS[kind](url)
-        try:
-            await drive(client, model, texts, warmup, concurrency)
-            await asyncio.to_thread(barrier.wait)
-            cpu = time.process_time()
-            latencies, decisions, errors, wall = await drive(client, model, texts, n, concurrency)
-            return latencies, decisions, errors, wall, time.process_time() - cpu
-        finally:
-            await client.close()
-
-    results.put(asyncio.run(go()))
-
-
-def measure_in_processes(
-    name: str, kind: str, url: str, pid: int, model: str, texts: Sequence[str], n: int,
-    warmup: int, concurrency: int, processes: int,
-) -> Run:  # fmt: skip
-    """The same client in several processes, sharing the concurrency and the requests."""
-    ctx = mp.get_context("spawn")
-    barrier, results = ctx.Barrier(processes + 1), ctx.Queue()
-    share = [texts[i::processes] for i in range(processes)]
-    each = (n // processes, warmup // processes, concurrency // processes, barrier, results)
-    procs = [
-        ctx.Process(target=_client_process, args=(kind, url, model, share[i], *each))
-        for i in range(processes)
-    ]
-    for proc in procs:
-        proc.start()
-    barrier.wait()
-    proxy_cpu, started = cpu_seconds(pid), time.perf_counter()
-    parts = [results.get(timeout=600) for _ in procs]
-    wall, proxy_cpu = time.perf_counter() - started, cpu_seconds(pid) - proxy_cpu
-    for proc in procs:
-        proc.join()
-    decisions: dict[str, int] = {}
-    for part in parts:
-        for key, count in part[1].items():
-            decisions[key] = decisions.get(key, 0) + count
-    return Run(
-        name,
-        f"{CLIENTS[kind].name} in {processes} processes",
-        concurrency,
-        [x for part in parts for x in part[0]],
-        decisions,
-        wall,
-        proxy_cpu,
-        sum(part[4] for part in parts),
-        sum(part[2] for part in parts),
-    )
-
-
 async def handled_inputs(url: str, texts: Sequence[str]) -> list[str]:
     """The inputs the served model answers itself, by sending each one once."""
     client = AiohttpClient(url)
@@ -514,8 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="where one-at-a-time rounds run: spread, one-core (see above)")  # fmt: skip
     p.add_argument("--teacher-latency-ms", type=float, default=800.0)
     p.add_argument("--clients", default="openai,openai-aiohttp,aiohttp")
-    p.add_argument("--workers", type=int, default=1,
-                   help="tracer serve --workers N (its CPU is the parent's and the workers')")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="tracer serve --workers N (its CPU is the parent's and the workers')",
+    )
     p.add_argument("--processes", type=int, default=2,
                    help="also run the openai clients at full concurrency from this many "
                    "processes (0: do not)")  # fmt: skip

@@ -22,9 +22,6 @@ import contextlib
 import csv
 import json
 import os
-import select
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,15 +31,16 @@ from pathlib import Path
 
 import aiohttp
 import httpx
+import local_servers
+from local_servers import REPO
+from process_cpu import process_cpu_seconds
 
-REPO = Path(__file__).resolve().parent.parent
 DATASET = REPO.parent / "shared" / "datasets" / "banking77" / "test.csv"
 MODEL = "sim-teacher"  # the pass-through model: matches no task of the generated config
 TARGET_ADDED_P50_MS, TARGET_ADDED_P99_MS, TARGET_TTFB_MS = 3.0, 10.0, 5.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-# -- data and processes -------------------------------------------------------------------
+# -- data and config ----------------------------------------------------------------------
 def load_inputs(limit: int = 500) -> list[tuple[str, str]]:
     """(text, label) pairs from Banking77's test split, or a few built-in ones without it."""
     if DATASET.exists():
@@ -55,43 +53,6 @@ def load_inputs(limit: int = 500) -> list[tuple[str, str]]:
         ("i lost my card yesterday", "lost_or_stolen_card"),
         ("what is the euro to dollar rate", "exchange_rate"),
     ]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def start_teacher(traces: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
-    cmd = [sys.executable, "-m", "proxy.cli", "sim-teacher", "--data", str(traces), "--port", "0"]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=log.open("w"), text=True
-    )
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    url = proc.stdout.readline().strip() if ready else ""
-    if not url.startswith("http"):
-        stop(proc)
-        raise RuntimeError(f"simulated teacher did not start:\n{log.read_text()[-2000:]}")
-    return proc, url
 
 
 def write_config(path: Path, teacher_url: str, db: Path) -> None:
@@ -112,29 +73,6 @@ def write_config(path: Path, teacher_url: str, db: Path) -> None:
         f"artifacts: {{dir: {path.parent / 'artifacts'}}}",
     ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def start_proxy(config: Path, log: Path) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config)]
-    cmd += ["--port", str(port), "--log-level", "warning"]
-    out = log.open("w")
-    proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=out, stderr=out, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                return proc, f"{base}/v1"
-        time.sleep(0.1)
-    stop(proc)
-    raise RuntimeError(f"proxy did not start:\n{log.read_text()[-2000:]}")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (its threads included), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # -- load ---------------------------------------------------------------------------------
@@ -278,9 +216,9 @@ async def run_scenario(
     while done < args.requests and time.monotonic() < deadline:
         n = min(args.block, args.requests - done)
         for name in order[(k % 2) * 2 : (k % 2) * 2 + 2]:
-            cpu0 = cpu_seconds(proxy_pid)
+            cpu0 = process_cpu_seconds(proxy_pid)
             await block(client, urls[name], bodies, done, n, args.concurrency, stream, sides[name])
-            sides[name].cpu_s += cpu_seconds(proxy_pid) - cpu0
+            sides[name].cpu_s += process_cpu_seconds(proxy_pid) - cpu0
         done += n
         k += 1
     return Scenario(
@@ -371,17 +309,11 @@ def servers(tmp: Path) -> Iterator[tuple[str, str, int]]:
     with traces.open("w", encoding="utf-8") as f:
         for text, label in load_inputs():
             f.write(json.dumps({"input": text, "label": label}) + "\n")
-    teacher_proc, teacher_url = start_teacher(traces, tmp / "teacher.log")
-    try:
+    with local_servers.teacher(traces, None, tmp / "teacher.log") as teacher_url:
         config = tmp / "tracer.yaml"
         write_config(config, teacher_url, tmp / "tracer.db")
-        proxy_proc, proxy_url = start_proxy(config, tmp / "proxy.log")
-        try:
-            yield teacher_url, proxy_url, proxy_proc.pid
-        finally:
-            stop(proxy_proc)
-    finally:
-        stop(teacher_proc)
+        with local_servers.proxy(config, tmp / "proxy.log", workers=None) as (proxy_url, proxy_pid):
+            yield teacher_url, proxy_url, proxy_pid
 
 
 async def run(args: argparse.Namespace, teacher: str, proxy: str, pid: int) -> list[Scenario]:
