@@ -139,7 +139,10 @@ def whole_calls(folder: Path) -> str:
     except (OSError, KeyError, ValueError):
         return "no tool section"
     cal = tools["whole_calibration"]
-    return (f"whole calls: calibration {cal['n']}, started at {tools.get('whole_start_count')}, "
+    if cal is None:
+        return f"whole calls: not tested (bound foretold on validation {tools['whole_foretold']})"
+    start, delta = tools["whole_start_count"], tools["whole_delta"]
+    return (f"whole calls: calibration {cal['n']}, started at {start}, delta {delta:.2g}, "
             f"certified coverage {cal['coverage']:.3f}")  # fmt: skip
 
 

@@ -51,6 +51,8 @@ from typing import Literal
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from router.manifest import Manifest
+from router.settings import FitOptions
 from router.traces import Trace
 
 from . import store
@@ -74,6 +76,19 @@ MIN_FRESH = 200  # fresh traces a candidate is judged on (`proxy.promotion`)
 def delta_share(attempt: int) -> float:
     """The share of delta the k-th fit of a task may spend: 6 / (pi^2 k^2)."""
     return 6.0 / (math.pi**2 * max(attempt, 1) ** 2)
+
+
+def _whole_spent(manifest: Manifest | None, options: FitOptions) -> float:
+    """What a tool task's fit spent of the whole-call budget: as recorded; none when the
+    gate refused the names (whole calls come after); else (a crash) all it was allowed,
+    so the budget is never overspent."""
+    if manifest is None:
+        return options.whole_delta / 2
+    section = manifest.raw.get("tools")
+    recorded = section.get("whole_delta_spent") if isinstance(section, dict) else None
+    if isinstance(recorded, int | float):
+        return float(recorded)
+    return 0.0 if manifest.status == "refused" else options.whole_delta / 2
 
 
 @dataclass(frozen=True)
@@ -178,6 +193,9 @@ class RefitLoop:
         options = fit_options(task).with_(
             task=task.name, quiet=True, delta_share=delta_share(attempt)
         )
+        if task.kind == "tools":
+            whole_test = await store.whole_call_tests(self.engine, task.name) + 1
+            options = options.with_(whole_delta_share=delta_share(whole_test))
         log.info("task %s: fitting %s on %d traces (fit %d, delta %.2g)",
                  task.name, version, n, attempt, options.delta)  # fmt: skip
         code, output = await self._run_worker(
@@ -190,6 +208,7 @@ class RefitLoop:
         # have: count it), none if it was refused before.
         recorded = manifest.raw.get("delta_spent") if manifest is not None else None
         spent = float(recorded) if isinstance(recorded, int | float) else options.delta
+        whole_spent = _whole_spent(manifest, options) if task.kind == "tools" else None
         if code == 0 and manifest is not None and manifest.deployed:
             result = await self._passed(task, version)
         elif code in (REFUSED, FAILED) and manifest is not None:
@@ -210,6 +229,7 @@ class RefitLoop:
             seconds=time.monotonic() - started,
             attempt=attempt,
             delta=spent,
+            whole_delta=whole_spent,
         )
         return result
 

@@ -24,6 +24,9 @@ class FitOptions:
     # The share of delta this fit may spend (the proxy spends delta across a task's
     # refits so the promise holds over its whole life; see training/bound.py).
     delta_share: float = 1.0
+    # A tool task's whole calls are certified from a budget of their own, spent only by
+    # fits that test them: this fit's share of it (see training/tools.py).
+    whole_delta_share: float = 1.0
     min_coverage: float = 0.2  # the gate refuses below this calibrated coverage
     horizon: int = 0  # >0: promise alpha on the next `horizon` handled inputs, not on average
     embedder: str = "tfidf"  # "tfidf" | encoder folder | "tfidf+FOLDER" | "hf:REPO"
@@ -51,8 +54,8 @@ class FitOptions:
     def __post_init__(self) -> None:
         if not (0.0 < self.target < 1.0 and 0.0 < self.confidence < 1.0):
             raise ValueError("target and confidence must lie strictly between 0 and 1")
-        if not 0.0 < self.delta_share <= 1.0:
-            raise ValueError("delta_share must lie in (0, 1]")
+        if not (0.0 < self.delta_share <= 1.0 and 0.0 < self.whole_delta_share <= 1.0):
+            raise ValueError("delta_share and whole_delta_share must lie in (0, 1]")
         if self.test_size + self.calibration_size + self.validation_size >= 1.0:
             raise ValueError("split sizes leave nothing to fit on")
         for name in ("labels", "candidates", "acceptors"):
@@ -64,6 +67,11 @@ class FitOptions:
     def delta(self) -> float:
         """What this fit's certificate may be wrong with: its share of 1 - confidence."""
         return (1.0 - self.confidence) * self.delta_share
+
+    @property
+    def whole_delta(self) -> float:
+        """What a tool task's whole-call certificate may be wrong with, in this fit."""
+        return (1.0 - self.confidence) * self.whole_delta_share
 
     def with_(self, **changes: Any) -> FitOptions:
         return replace(self, **changes)

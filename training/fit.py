@@ -198,7 +198,7 @@ def _run(
     # What is certified: alpha itself, or a stricter rate that keeps a batch of
     # `horizon` handled inputs at alpha (training/bound.py).
     alpha, delta = batch_target(opts.target, opts.delta, opts.horizon)
-    if opts.kind == "tools":  # names and whole calls are certified apart, each at delta / 2
+    if opts.kind == "tools":  # names and whole calls: two budgets, each half of delta
         delta /= 2
     manifest["certified"] = {"alpha": alpha, "delta": delta, "horizon": opts.horizon}
     manifest["delta_spent"] = 0.0  # until the calibration split is tested
@@ -223,7 +223,7 @@ def _run(
             f"split ({len(feats.y_val)} traces): more traces are needed; the calibration "
             "split was not tested, so this fit spent none of delta",
         )
-    manifest["delta_spent"] = round(opts.delta, 12)
+    manifest["delta_spent"] = round(opts.delta / (2 if opts.kind == "tools" else 1), 12)
     selection.export(chosen, feats, opts, tmp, manifest, progress)
     pipe = selection.check_parity(chosen, feats, splits, tmp, manifest, progress)
     cal = gate.calibrate_threshold(
@@ -236,7 +236,6 @@ def _run(
     gate.report_test(pipe, splits, cleaned.answers, cal.threshold, opts, manifest, progress)
     if opts.kind == "tools":
         tools.fit_tools(
-            splits, cleaned.arguments_only, pipe, cal.threshold, alpha, delta, opts, tmp,
-            manifest, progress,
-        )  # fmt: skip
+            splits, cleaned.arguments_only, pipe, cal.threshold, opts, tmp, manifest, progress
+        )
     gate.heldout_clusters(feats, splits, tmp, opts, manifest, progress)

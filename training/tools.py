@@ -1,12 +1,22 @@
 """The tool-task stage of a fit: whole calls certified on whole-call agreement.
 
-The name classifier is the ordinary surrogate, certified on name agreement with half
-of the fit's delta. This stage learns how each tool's arguments are made
-(`training.tool_args`) and certifies, with the other half, a second threshold on the
-whole-call score (the accept score times the extractor's confidence): among the
-inputs whose name is handled, those above it are answered with the whole call, and
-their calls (name and arguments, as parsed JSON) agree with the teacher's at alpha.
-By a union bound both promises hold together with probability 1 - delta.
+The name classifier is the ordinary surrogate, certified on name agreement. This
+stage learns how each tool's arguments are made (`training.tool_args`) and certifies a
+second threshold on the whole-call score (the accept score times the extractor's
+confidence): among the inputs whose name is handled, those above it are answered with
+the whole call, and their calls (name and arguments, as parsed JSON) agree with the
+teacher's at alpha.
+
+**Two budgets.** A task's delta is split in two halves, one for names and one for
+whole calls, each spent over the task's life as `proxy.refit` spends delta: the k-th
+fit that tests names at (delta / 2) 6 / (pi^2 k^2), the j-th fit that tests whole calls
+at (delta / 2) 6 / (pi^2 j^2) (`FitOptions.whole_delta_share`). Each series sums to
+delta / 2, so by a union bound every certificate of every version holds together with
+probability 1 - delta. A fit tests whole calls only when validation, scored by an
+extractor learned without it, foretells that calibration's bound can reach alpha;
+that choice depends on the fit and validation splits only, so the test keeps its
+level, and the fits of a young task, whose arguments cannot be certified yet, leave
+the whole-call budget to the first fit that can.
 
 A `message` (a reply that calls no tool) is answered locally only when the teacher's
 text for it is constant: one canonical text in at least `CONSTANT_SHARE` of them.
@@ -35,7 +45,7 @@ from router.settings import FitOptions
 from router.stats import cp_lower
 from router.tools import MESSAGE, ToolCaller, user_text
 from router.traces import Trace
-from training.bound import calibrate, start_count_for
+from training.bound import batch_target, calibrate, start_count_for
 from training.progress import Progress
 from training.stages import Splits
 from training.tool_args import ToolExample, fit_arguments
@@ -91,40 +101,48 @@ def fit_tools(
     extra: list[Trace],
     pipe: Pipeline,
     name_threshold: float,
-    alpha: float,
-    delta: float,
     opts: FitOptions,
     tmp: Path,
     manifest: dict[str, Any],
     progress: Progress,
 ) -> None:
     """Learn the arguments, certify the whole-call threshold, report both on test."""
+    alpha, delta = batch_target(opts.target, opts.whole_delta, opts.horizon)
+    delta /= 2  # the whole-call half of the task's delta
     calibration = splits.traces_of("calibration")
     with progress.stage("tool arguments (start of the whole-call sequence)"):
         fit_only = splits.traces_of("fit") + extra
         validation = splits.traces_of("validation")
-        start = start_count_for(len(calibration), opts.min_coverage)
+        start, foretold = start_count_for(len(calibration), opts.min_coverage), None
         with tempfile.TemporaryDirectory() as folder:
             try:
                 honest, _ = _learn(fit_only, opts.seed, Path(folder))
-            except ValueError:  # no tool call in the fit split: no estimate, the minimum
+            except ValueError:  # no tool call in the fit split: nothing to foretell with
                 honest = None
             if honest is not None:
                 v_scores, v_correct = _whole(honest, pipe, validation, name_threshold)
-                start = max(
-                    start, expected_best_start(v_scores, v_correct, len(calibration), delta)
-                )
+                best, foretold = expected_best_start(v_scores, v_correct, len(calibration), delta)
+                start = max(start, best)
     with progress.stage("tool arguments"):
         caller, section = _learn(fit_only + validation, opts.seed, tmp)
     with progress.stage("certify whole calls (calibration)"):
         scores, correct = _whole(caller, pipe, calibration, name_threshold)
         start = min(start, int(np.isfinite(scores).sum()))  # counts only, never agreement
-        cal = calibrate(scores, correct, alpha, delta, start_count=start)
-        section["whole_start_count"] = start
-        section["whole_threshold"] = cal.threshold
-        section["whole_calibration"] = cal.as_dict()
-        progress.log(f"whole calls: threshold {cal.threshold}, coverage {cal.coverage:.3f}")
-    caller.whole_threshold = cal.threshold
+        section.update(whole_start_count=start, whole_delta=delta, whole_foretold=foretold)
+        if foretold is None or foretold < alpha:
+            # Validation (independent of calibration) foretells a refusal: testing would
+            # spend the whole-call budget for nothing, so the test is not run.
+            section.update(whole_threshold=None, whole_calibration=None, whole_delta_spent=0.0)
+            progress.log(f"whole calls: not tested (bound foretold on validation {foretold})")
+        else:
+            cal = calibrate(scores, correct, alpha, delta, start_count=start)
+            section.update(
+                whole_threshold=cal.threshold,
+                whole_calibration=cal.as_dict(),
+                whole_delta_spent=round(opts.whole_delta / 2, 12),
+            )
+            progress.log(f"whole calls: threshold {cal.threshold}, coverage {cal.coverage:.3f}")
+    caller.whole_threshold = section["whole_threshold"]
     held = "test" if len(splits.index["test"]) else "calibration"  # a live fit keeps no test
     section["test"] = {
         **_test(caller, pipe, splits.traces_of(held), name_threshold),
@@ -144,19 +162,20 @@ def _learn(traces: list[Trace], seed: int, folder: Path) -> tuple[ToolCaller, di
 
 def expected_best_start(
     scores: np.ndarray, correct: np.ndarray, n_calibration: int, delta: float
-) -> int:
+) -> tuple[int, float | None]:
     """The calibration count at which the lower bound is expected to be highest, were
-    calibration to agree at each coverage as these (validation) scores do."""
+    calibration to agree at each coverage as these (validation) scores do, and that
+    bound (None: no score to foretell with)."""
     order = np.argsort(-scores, kind="stable")
     finite = np.isfinite(scores[order])
     if not finite.any() or n_calibration <= 0:
-        return 0
+        return 0, None
     k = np.arange(1, int(finite.sum()) + 1)
     agreement = np.cumsum(correct[order][: len(k)]) / k
     m = np.maximum(1, np.round(k / len(scores) * n_calibration))
     bounds = cp_lower(np.floor(agreement * m), m, delta)
     best = len(bounds) - 1 - int(np.argmax(bounds[::-1]))  # the loosest of the best
-    return math.ceil(m[best])
+    return math.ceil(m[best]), float(bounds[best])
 
 
 def _plans(

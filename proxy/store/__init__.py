@@ -28,6 +28,7 @@ from .queries import (
     release_lease,
     served_coverage,
     settle_refit,
+    whole_call_tests,
 )
 from .writer import Audit, Decision, Record, StoreWriter, ToolList, Trace, storable
 
@@ -61,4 +62,5 @@ __all__ = [
     "served_coverage",
     "settle_refit",
     "storable",
+    "whole_call_tests",
 ]

@@ -10,7 +10,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import ColumnElement, event, func, insert, inspect, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    and_,
+    event,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -284,6 +295,19 @@ async def refit_attempts(engine: AsyncEngine, task: str) -> int:
     index of the next one's share. (A fit refused before that spent nothing.)"""
     query = select(func.count()).where(
         RefitRow.task == task, or_(RefitRow.delta.is_(None), RefitRow.delta > 0)
+    )
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def whole_call_tests(engine: AsyncEngine, task: str) -> int:
+    """How many fits of a tool task tested whole calls on calibration: the index of the
+    next one's share of the whole-call budget. A row from before that budget existed
+    (no `whole_delta`) counts if it spent delta at all, so an upgrade never overspends."""
+    spent = or_(RefitRow.delta.is_(None), RefitRow.delta > 0)
+    query = select(func.count()).where(
+        RefitRow.task == task,
+        or_(RefitRow.whole_delta > 0, and_(RefitRow.whole_delta.is_(None), spent)),
     )
     async with engine.connect() as conn:
         return int((await conn.execute(query)).scalar_one())

@@ -137,6 +137,8 @@ class RefitRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now)
     attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)  # k of delta_k
     delta: Mapped[float | None] = mapped_column(Float, nullable=True)  # what its certificate spent
+    # A tool task's whole calls spend a budget of their own: what this fit spent of it.
+    whole_delta: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class ModelVersionRow(Base):

@@ -81,11 +81,41 @@ def test_narrowed_traces_teach_arguments_never_names(tmp_path: Path):
     assert result.manifest["data"]["n_read"] == len(base)
 
 
+def test_names_and_whole_calls_spend_two_budgets(fitted):
+    result, _ = fitted
+    assert result.manifest["delta_spent"] == pytest.approx(0.05)  # half of delta 0.1
+    section = result.manifest["tools"]
+    assert section["whole_delta"] == pytest.approx(0.05)
+    assert section["whole_delta_spent"] == pytest.approx(0.05)
+    assert section["whole_foretold"] >= 0.9
+
+
+def test_whole_calls_that_validation_foretells_refused_are_not_tested(tmp_path):
+    # arguments no input holds: names are learnable, whole calls never reproducible
+    steps = {
+        text: {"tool_calls": [{"name": a["tool_calls"][0]["name"], "arguments": {"id": i}}]}
+        for i, (text, a) in enumerate(make_tool_steps(1500, seed=4).items())
+        if "tool_calls" in a
+    }
+    options = FitOptions(
+        kind="tools", target=0.9, confidence=0.9, min_coverage=0.05, quiet=True,
+        whole_delta_share=0.5,
+    )  # fmt: skip
+    result = fit(tool_traces(steps), tmp_path / "m", options)
+    assert result.deployed, result.manifest.get("refusal")
+    section = result.manifest["tools"]
+    assert section["whole_delta"] == pytest.approx(0.025)
+    assert section["whole_threshold"] is None and section["whole_calibration"] is None
+    assert section["whole_delta_spent"] == 0.0
+    assert result.manifest["delta_spent"] == pytest.approx(0.05)
+
+
 def test_the_whole_call_sequence_starts_where_validation_expects_the_best_bound():
     # validation: the most confident half always right, the rest right a third of the time
     scores = np.linspace(1.0, 0.0, 400)
     correct = np.array([True] * 200 + [i % 3 == 0 for i in range(200)])
-    start = expected_best_start(scores, correct, n_calibration=1000, delta=0.05)
+    start, bound = expected_best_start(scores, correct, n_calibration=1000, delta=0.05)
     assert 450 <= start <= 520  # about half of calibration: where the right ones end
-    # where no score is finite, nothing can start
-    assert expected_best_start(np.full(5, -np.inf), np.ones(5, bool), 1000, 0.05) == 0
+    assert bound is not None and 0.99 < bound < 1.0
+    # where no score is finite, nothing can start or be foretold
+    assert expected_best_start(np.full(5, -np.inf), np.ones(5, bool), 1000, 0.05) == (0, None)
