@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A throw-away PostgreSQL server for the store's PostgreSQL tests (tests/proxy/test_postgres_e2e.py).
+# A throw-away PostgreSQL server for the store's PostgreSQL tests (tests/proxy/postgres_server.py).
 #
 #   .ci/postgres.sh start ENVFILE   install Debian's postgresql if absent, create a cluster in a
 #                                   new temp folder, start it on a free port of 127.0.0.1, create

@@ -21,7 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from proxy import store
 from proxy.store.schema import LeaseRow
-from tests.proxy.postgres_server import run_apart as run_apart  # test_traces_import's
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from proxy import store, traces_import
 from proxy.cli import main
-from tests.proxy.test_postgres_e2e import run_apart
+from tests.proxy.postgres_server import run_apart
 
 SYSTEM = "Classify the customer's banking question. Answer with one label."
 LABELS = ["card_arrival", "card_lost", "balance"]
