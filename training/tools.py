@@ -13,7 +13,7 @@ fit that tests names at (delta / 2) 6 / (pi^2 k^2), the j-th fit that tests whol
 at (delta / 2) 6 / (pi^2 j^2) (`FitOptions.whole_delta_share`). Each series sums to
 delta / 2, so by a union bound every certificate of every version holds together with
 probability 1 - delta. A fit tests whole calls only when validation, scored by an
-extractor learned without it, foretells that calibration's bound can reach alpha;
+extractor learned without it, foretells that calibration is likelier than not to certify;
 that choice depends on the fit and validation splits only, so the test keeps its
 level, and the fits of a young task, whose arguments cannot be certified yet, leave
 the whole-call budget to the first fit that can.
@@ -25,20 +25,21 @@ Where the whole-call sequence starts matters: the fixed-sequence test stops at i
 first failure, and among the few most confident calls one slip of the teacher ends it.
 So the start is chosen on the validation split, with an extractor learned without
 that split (an honest estimate): the coverage at which calibration's lower bound is
-expected to be highest. It depends on the fit and validation splits only, never on
+likeliest to reach alpha, and the test runs only when that chance is at least
+`FORETOLD_CHANCE`. Both depend on the fit and validation splits only, never on
 calibration, so the test keeps its level.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import binom
 
 from router.pipeline import Pipeline
 from router.settings import FitOptions
@@ -51,6 +52,7 @@ from training.stages import Splits
 from training.tool_args import ToolExample, fit_arguments
 
 CONSTANT_SHARE = 0.99
+FORETOLD_CHANCE = 0.5  # whole calls are tested when calibration is likelier to pass than not
 PLAN_FILE, MODEL_FILE = "tool_args.json", "tool_args.onnx"
 
 
@@ -121,7 +123,9 @@ def fit_tools(
                 honest = None
             if honest is not None:
                 v_scores, v_correct = _whole(honest, pipe, validation, name_threshold)
-                best, foretold = expected_best_start(v_scores, v_correct, len(calibration), delta)
+                best, foretold = likeliest_start(
+                    v_scores, v_correct, len(calibration), alpha, delta
+                )
                 start = max(start, best)
     with progress.stage("tool arguments"):
         caller, section = _learn(fit_only + validation, opts.seed, tmp)
@@ -129,11 +133,11 @@ def fit_tools(
         scores, correct = _whole(caller, pipe, calibration, name_threshold)
         start = min(start, int(np.isfinite(scores).sum()))  # counts only, never agreement
         section.update(whole_start_count=start, whole_delta=delta, whole_foretold=foretold)
-        if foretold is None or foretold < alpha:
+        if foretold is None or foretold < FORETOLD_CHANCE:
             # Validation (independent of calibration) foretells a refusal: testing would
-            # spend the whole-call budget for nothing, so the test is not run.
+            # likely spend the whole-call budget for nothing, so the test is not run.
             section.update(whole_threshold=None, whole_calibration=None, whole_delta_spent=0.0)
-            progress.log(f"whole calls: not tested (bound foretold on validation {foretold})")
+            progress.log(f"whole calls: not tested (chance foretold on validation {foretold})")
         else:
             cal = calibrate(scores, correct, alpha, delta, start_count=start)
             section.update(
@@ -160,22 +164,39 @@ def _learn(traces: list[Trace], seed: int, folder: Path) -> tuple[ToolCaller, di
     return ToolCaller(folder, section), section
 
 
-def expected_best_start(
-    scores: np.ndarray, correct: np.ndarray, n_calibration: int, delta: float
+def allowed_errors(m: np.ndarray, alpha: float, delta: float) -> np.ndarray:
+    """For each count m, the most disagreements whose lower bound still reaches alpha
+    (-1: none, not even with every call right)."""
+    m = np.asarray(m, dtype=np.int64)
+    lo, hi = np.full(m.shape, -1), m.copy()
+    while (lo < hi).any():  # bisection: the bound falls as disagreements grow
+        mid = (lo + hi + 1) // 2
+        ok = cp_lower(m - mid, m, delta) >= alpha
+        lo, hi = np.where(ok & (lo < hi), mid, lo), np.where(~ok & (lo < hi), mid - 1, hi)
+    return lo
+
+
+def likeliest_start(
+    scores: np.ndarray, correct: np.ndarray, n_calibration: int, alpha: float, delta: float
 ) -> tuple[int, float | None]:
-    """The calibration count at which the lower bound is expected to be highest, were
-    calibration to agree at each coverage as these (validation) scores do, and that
-    bound (None: no score to foretell with)."""
+    """The calibration count at which the bound is likeliest to reach alpha, were
+    calibration's calls right at each coverage as often as these (validation) ones, and
+    that likelihood (None: no score to foretell with).
+
+    The error rate among the top k is estimated as (errors + 1) / (k + 2): among the few
+    most confident, none wrong on validation does not foretell none on calibration."""
     order = np.argsort(-scores, kind="stable")
-    finite = np.isfinite(scores[order])
-    if not finite.any() or n_calibration <= 0:
+    finite = int(np.isfinite(scores[order]).sum())
+    if finite == 0 or n_calibration <= 0:
         return 0, None
-    k = np.arange(1, int(finite.sum()) + 1)
-    agreement = np.cumsum(correct[order][: len(k)]) / k
-    m = np.maximum(1, np.round(k / len(scores) * n_calibration))
-    bounds = cp_lower(np.floor(agreement * m), m, delta)
-    best = len(bounds) - 1 - int(np.argmax(bounds[::-1]))  # the loosest of the best
-    return math.ceil(m[best]), float(bounds[best])
+    k = np.arange(1, finite + 1)
+    errors = np.cumsum(~correct[order][:finite])
+    rate = (errors + 1) / (k + 2)
+    m = np.maximum(1, np.round(k / len(scores) * n_calibration)).astype(np.int64)
+    allowed = allowed_errors(m, alpha, delta)
+    chance = np.where(allowed >= 0, binom.cdf(allowed, m, rate), 0.0)
+    best = len(chance) - 1 - int(np.argmax(chance[::-1]))  # the loosest of the likeliest
+    return int(m[best]), float(chance[best])
 
 
 def _plans(
