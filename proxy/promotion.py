@@ -16,11 +16,13 @@ are never part of the sample.
   agreement test that guards a served version (`proxy.evidence`): if that test
   finds it below the target, it is rejected, before it serves anyone.
 - Otherwise, once `MIN_FRESH` traces are in, the candidate is served unless the
-  served version is clearly better: among the traces exactly one of the two would
-  handle, the served version's share is tested against a coin (a one-sided sign
-  test at `WORSE_LEVEL`). The candidate has seen more, and more recent, traffic, so
-  a small difference on a few hundred traces, which is noise, goes its way; a
-  clear one leaves it `not_better`.
+  served version is clearly better. On each trace a version does one of three
+  things, best first: answers the teacher's answer, defers, or answers another one.
+  Among the traces where the two differ, the served version's share of the better
+  outcomes is tested against a coin (a one-sided sign test at `WORSE_LEVEL`). So a
+  version that answers more only by answering wrongly gains nothing by it. The
+  candidate has seen more, and more recent, traffic, so a small difference on a few
+  hundred traces, which is noise, goes its way; a clear one leaves it `not_better`.
 
 A fit that will be a candidate usually leaves the newest `MIN_FRESH` fresh traces out
 of its data (`proxy.refit`), so they are there to judge it at once. When fewer had
@@ -61,20 +63,32 @@ class Comparison:
     n: int
     candidate_handled: int
     served_handled: int
-    candidate_only: int  # traces the candidate would handle and the served version not
-    served_only: int
+    candidate_better: int  # traces where the candidate does better (`outcome`)
+    served_better: int
     candidate_agreement: float | None
     rejected: bool
+    served_agreement: float | None = None
 
     @property
     def served_clearly_better(self) -> bool:
-        """One-sided sign test on the traces exactly one of the two handles."""
-        discordant = self.candidate_only + self.served_only
-        return binomial_cdf(self.candidate_only, discordant) < WORSE_LEVEL
+        """One-sided sign test on the traces where the two do differently."""
+        discordant = self.candidate_better + self.served_better
+        return binomial_cdf(self.candidate_better, discordant) < WORSE_LEVEL
 
 
 Rows = list[tuple[int, str, str | None, str | None]]  # (id, input, label, raw_output)
 Verdict = tuple[bool, bool | None]  # (answered locally, agrees with the teacher or unchecked)
+
+
+def outcome(verdict: Verdict) -> int:
+    """2: answered the teacher's answer; 1: deferred; 0: answered another one."""
+    local, agrees = verdict
+    return 1 if not local else 2 if agrees else 0
+
+
+def _agreement(verdicts: list[Verdict]) -> float | None:
+    local = [bool(agrees) for is_local, agrees in verdicts if is_local]
+    return sum(local) / len(local) if local else None
 
 
 def compare(
@@ -93,17 +107,16 @@ def compare(
     for _, agrees in ours:
         if agrees is not None:
             test.add(not agrees)
-    mine, yours = [local for local, _ in ours], [local for local, _ in theirs]
-    handled = sum(mine)
-    agreed = sum(bool(agrees) for local, agrees in ours if local)
+    pairs = [(outcome(a), outcome(b)) for a, b in zip(ours, theirs, strict=True)]
     return Comparison(
         n=len(rows),
-        candidate_handled=handled,
-        served_handled=sum(yours),
-        candidate_only=sum(a and not b for a, b in zip(mine, yours, strict=True)),
-        served_only=sum(b and not a for a, b in zip(mine, yours, strict=True)),
-        candidate_agreement=agreed / handled if handled else None,
+        candidate_handled=sum(local for local, _ in ours),
+        served_handled=sum(local for local, _ in theirs),
+        candidate_better=sum(a > b for a, b in pairs),
+        served_better=sum(b > a for a, b in pairs),
+        candidate_agreement=_agreement(ours),
         rejected=test.alarmed,
+        served_agreement=_agreement(theirs),
     )
 
 
@@ -137,6 +150,10 @@ def _whole_calls(router: Router, rows: Rows, output_format: str) -> list[Verdict
         else:
             out.append((False, None))
     return out
+
+
+def _figure(agreement: float | None) -> str:
+    return "-" if agreement is None else f"{agreement:.3f}"
 
 
 class Promotion:
@@ -180,10 +197,10 @@ class Promotion:
     async def _judge(
         self, task: TaskConfig, row: dict[str, Any], served: str, c: Comparison
     ) -> RefitOutcome:
-        agreement = "-" if c.candidate_agreement is None else f"{c.candidate_agreement:.3f}"
         figures = (
             f"on {c.n} fresh traces it would handle {c.candidate_handled} "
-            f"(agreement {agreement}), {served} handles {c.served_handled}"
+            f"(agreement {_figure(c.candidate_agreement)}), {served} handles "
+            f"{c.served_handled} (agreement {_figure(c.served_agreement)})"
         )
         if c.rejected:
             return await self._settle(
@@ -193,8 +210,9 @@ class Promotion:
             return await self._settle(task, row, "deployed", figures)
         return await self._settle(
             task, row, "not_better",
-            f"{figures}: clearly more ({c.served_only} traces only it handles against "
-            f"{c.candidate_only}); {served} stays",
+            f"{figures}: clearly better (on {c.served_better} traces it answers right where "
+            f"the candidate defers, or defers where it answers wrongly, against "
+            f"{c.candidate_better}); {served} stays",
         )  # fmt: skip
 
     async def _settle(

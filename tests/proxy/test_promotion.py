@@ -17,7 +17,7 @@ import pytest
 
 from proxy import promotion, store
 from proxy.config import TaskConfig
-from proxy.promotion import Comparison
+from proxy.promotion import Comparison, compare
 from proxy.refit import MIN_FRESH
 from proxy.state import ProxyState
 from tests.support import intents_config
@@ -147,3 +147,30 @@ async def test_a_candidate_is_judged_only_on_fresh_representative_traces(
         assert len(rows) == MIN_FRESH
         assert all(row[0] > cut for row in rows)
         assert {sources[row[0]] for row in rows} == {"audit", "explore"}
+
+
+class FixedRouter:
+    """Answers `answers[i]` for row i (None: defers), as a served router would."""
+
+    def __init__(self, answers: list[str | None]) -> None:
+        self.answers = answers
+        self.manifest = SimpleNamespace(answer=lambda label: label)
+
+    def predict_batch(self, texts: list[str]) -> list[Any]:
+        return [SimpleNamespace(handled=a is not None, label=a) for a in self.answers[: len(texts)]]
+
+
+def test_a_version_that_answers_more_only_by_answering_wrongly_is_not_clearly_better():
+    rows = [(i, f"text {i}", "right", "right") for i in range(200)]
+    # served: answers all 200, 20 of them wrongly; candidate: right on 160, defers on 40,
+    # half of them where the served version is wrong
+    served = ["wrong" if i < 20 else "right" for i in range(200)]
+    candidate = [None if i < 40 else "right" for i in range(200)]
+    c = compare(FixedRouter(candidate), FixedRouter(served), rows, 0.9, 0.05, "text")  # type: ignore[arg-type]
+    assert (c.candidate_better, c.served_better) == (20, 20)
+    assert c.served_agreement == pytest.approx(0.9) and c.candidate_agreement == 1.0
+    assert not c.served_clearly_better
+    # answering right where the other defers is what counts
+    c = compare(FixedRouter(served[20:] + ["right"] * 20), FixedRouter(candidate), rows, 0.9,
+                0.05, "text")  # type: ignore[arg-type]  # fmt: skip
+    assert c.served_better == 0 and c.candidate_better == 40
