@@ -235,7 +235,9 @@ def _run(
     manifest["threshold"] = cal.threshold
     gate.report_test(pipe, splits, cleaned.answers, cal.threshold, opts, manifest, progress)
     if opts.kind == "tools":
+        honest_names = ([feats.labels[i] for i in chosen.val_labels], chosen.val_scores)
         tools.fit_tools(
-            splits, cleaned.arguments_only, pipe, cal.threshold, opts, tmp, manifest, progress
-        )
+            splits, cleaned.arguments_only, pipe, cal.threshold, honest_names, opts, tmp,
+            manifest, progress,
+        )  # fmt: skip
     gate.heldout_clusters(feats, splits, tmp, opts, manifest, progress)

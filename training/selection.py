@@ -61,6 +61,10 @@ class Selection:
     rows: list[dict[str, Any]]  # every pair's figures on validation
     val_features: np.ndarray
     ood_min: float | None
+    # The winner's labels (class indices) and accept scores on validation, from its fit
+    # on the fit split alone (-inf: out of distribution): an honest look at validation.
+    val_labels: np.ndarray
+    val_scores: np.ndarray
 
     def validation_coverage(self) -> float:
         """The chosen pair's coverage at alpha on validation (bounded or empirical)."""
@@ -86,7 +90,8 @@ def select(
     ood_min = float(np.quantile(sim_val, opts.ood_quantile)) if opts.ood_quantile > 0 else None
     ood_val = sim_val < ood_min if ood_min is not None else np.zeros(len(feats.y_val), bool)
     rows: list[dict[str, Any]] = []
-    best: tuple[tuple[float, float, float], Candidate, str, np.ndarray] | None = None
+    best: tuple[tuple[float, float, float], Candidate, str, np.ndarray, np.ndarray] | None
+    best, winner_labels = None, np.zeros(0, np.int64)
     with progress.stage("candidates"):
         for cand in candidates:
             t0 = time.perf_counter()
@@ -118,12 +123,12 @@ def select(
                 )
                 key = (coverage, cal.best_empirical_coverage, float(correct.mean()))
                 if best is None or key > best[0]:
-                    best = (key, cand, acc, val_feats)
+                    best, winner_labels = (key, cand, acc, val_feats, score), probs.argmax(axis=1)
             progress.log(f"  {cand.name}: accuracy {correct.mean():.3f} ({secs:.1f}s)")
     assert best is not None
     progress.candidates(rows, alpha)
-    _, winner, acceptor, val_feats = best
-    return Selection(winner, acceptor, reducer, rows, val_feats, ood_min)
+    _, winner, acceptor, val_feats, val_scores = best
+    return Selection(winner, acceptor, reducer, rows, val_feats, ood_min, winner_labels, val_scores)
 
 
 def _write_onnx(model: onnx.ModelProto, path: Path) -> None:

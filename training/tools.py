@@ -103,12 +103,17 @@ def fit_tools(
     extra: list[Trace],
     pipe: Pipeline,
     name_threshold: float,
+    honest_names: tuple[list[str], np.ndarray],
     opts: FitOptions,
     tmp: Path,
     manifest: dict[str, Any],
     progress: Progress,
 ) -> None:
-    """Learn the arguments, certify the whole-call threshold, report both on test."""
+    """Learn the arguments, certify the whole-call threshold, report both on test.
+
+    `honest_names`: the names and accept scores a name model fitted without the
+    validation split gives it (the served one was refit on it, so its names there are
+    too often right to foretell calibration)."""
     alpha, delta = batch_target(opts.target, opts.whole_delta, opts.horizon)
     delta /= 2  # the whole-call half of the task's delta
     calibration = splits.traces_of("calibration")
@@ -122,7 +127,7 @@ def fit_tools(
             except ValueError:  # no tool call in the fit split: nothing to foretell with
                 honest = None
             if honest is not None:
-                v_scores, v_correct = _whole(honest, pipe, validation, name_threshold)
+                v_scores, v_correct = _whole_of(honest, validation, *honest_names, name_threshold)
                 best, foretold = likeliest_start(
                     v_scores, v_correct, len(calibration), alpha, delta
                 )
@@ -199,18 +204,34 @@ def likeliest_start(
     return int(m[best]), float(chance[best])
 
 
+def _names(pipe: Pipeline, traces: list[Trace]) -> tuple[list[str], np.ndarray]:
+    """Each trace's name and accept score as served (-inf: out of distribution)."""
+    if not traces:
+        return [], np.zeros(0, dtype=np.float64)
+    s = pipe.score([t.input for t in traces])
+    labels = [pipe.labels[int(i)] for i in s.label_index]
+    return labels, np.where(s.ood, -np.inf, s.accept_score)
+
+
 def _plans(
     caller: ToolCaller, pipe: Pipeline, traces: list[Trace], name_threshold: float
 ) -> list[Any]:
     """For each trace: (name handled, plan or None), scored exactly as served."""
-    if not traces:
-        return []
-    s = pipe.score([t.input for t in traces])
+    return _plans_of(caller, traces, *_names(pipe, traces), name_threshold)
+
+
+def _plans_of(
+    caller: ToolCaller,
+    traces: list[Trace],
+    labels: list[str],
+    accept: np.ndarray,
+    name_threshold: float,
+) -> list[Any]:
+    """The same, given each trace's name and accept score (-inf: out of distribution)."""
     out = []
-    for i, t in enumerate(traces):
-        handled = not bool(s.ood[i]) and float(s.accept_score[i]) >= name_threshold
-        label = pipe.labels[int(s.label_index[i])]
-        plan = caller.plan(label, float(s.accept_score[i]), t.input) if handled else None
+    for t, label, score in zip(traces, labels, accept, strict=True):
+        handled = bool(np.isfinite(score)) and float(score) >= name_threshold
+        plan = caller.plan(label, float(score), t.input) if handled else None
         out.append((handled, label, plan))
     return out
 
@@ -219,10 +240,21 @@ def _whole(
     caller: ToolCaller, pipe: Pipeline, traces: list[Trace], name_threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Whole-call scores (-inf where no whole call is possible) and their correctness."""
+    return _whole_of(caller, traces, *_names(pipe, traces), name_threshold)
+
+
+def _whole_of(
+    caller: ToolCaller,
+    traces: list[Trace],
+    labels: list[str],
+    accept: np.ndarray,
+    name_threshold: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same, given each trace's name and accept score (-inf: out of distribution)."""
     saved, caller.whole_threshold = caller.whole_threshold, -np.inf  # every score, for now
     scores, correct = [], []
     for t, (handled, label, plan) in zip(
-        traces, _plans(caller, pipe, traces, name_threshold), strict=True
+        traces, _plans_of(caller, traces, labels, accept, name_threshold), strict=True
     ):
         possible = handled and plan is not None and plan.kind == "whole"
         scores.append(plan.score if possible else -np.inf)
