@@ -20,9 +20,11 @@ are never part of the sample.
   things, best first: answers the teacher's answer, defers, or answers another one.
   Among the traces where the two differ, the served version's share of the better
   outcomes is tested against a coin (a one-sided sign test at `WORSE_LEVEL`). So a
-  version that answers more only by answering wrongly gains nothing by it. The
-  candidate has seen more, and more recent, traffic, so a small difference on a few
-  hundred traces, which is noise, goes its way; a clear one leaves it `not_better`.
+  version that answers more only by answering wrongly gains nothing by it, and a
+  served version whose answers on this traffic agree below the target is never
+  preferred. The candidate has seen more, and more recent, traffic, so a small
+  difference on a few hundred traces, which is noise, goes its way; a clear one
+  leaves it `not_better`.
 
 A fit that will be a candidate usually leaves the newest `MIN_FRESH` fresh traces out
 of its data (`proxy.refit`), so they are there to judge it at once. When fewer had
@@ -68,6 +70,11 @@ class Comparison:
     candidate_agreement: float | None
     rejected: bool
     served_agreement: float | None = None
+
+    def served_below(self, target: float) -> bool:
+        """The served version's own answers on this fresh traffic agree below `target`:
+        what it answers more is then no reason to keep it."""
+        return self.served_agreement is not None and self.served_agreement < target
 
     @property
     def served_clearly_better(self) -> bool:
@@ -206,7 +213,7 @@ class Promotion:
             return await self._settle(
                 task, row, "rejected", f"{figures}: its agreement is below the target {task.target}"
             )
-        if not c.served_clearly_better:
+        if not c.served_clearly_better or c.served_below(task.target):
             return await self._settle(task, row, "deployed", figures)
         return await self._settle(
             task, row, "not_better",

@@ -174,3 +174,38 @@ def test_a_version_that_answers_more_only_by_answering_wrongly_is_not_clearly_be
     c = compare(FixedRouter(served[20:] + ["right"] * 20), FixedRouter(candidate), rows, 0.9,
                 0.05, "text")  # type: ignore[arg-type]  # fmt: skip
     assert c.served_better == 0 and c.candidate_better == 40
+
+
+def test_a_served_version_below_the_target_on_fresh_traffic_is_never_preferred():
+    rows = [(i, f"text {i}", "right", "right") for i in range(200)]
+    served = ["wrong" if i < 20 else "right" for i in range(200)]  # 0.90
+    candidate = ["right" if i < 50 else None for i in range(200)]
+    c = compare(FixedRouter(candidate), FixedRouter(served), rows, 0.95, 0.05, "text")  # type: ignore[arg-type]
+    assert c.served_clearly_better  # it answers far more, mostly right...
+    assert c.served_below(0.95) and not c.served_below(0.9)  # ...but below the target
+
+
+@pytest.mark.parametrize(
+    ("served_agreement", "outcome"), [(0.95, "not_better"), (0.85, "deployed")]
+)
+async def test_a_clearly_better_served_version_stays_unless_it_is_below_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, served_agreement: float, outcome: str
+):
+    verdict = Comparison(200, 40, 150, 5, 60, 1.0, False, served_agreement)
+    assert verdict.served_clearly_better
+
+    async def deploy(*_args: Any) -> None:
+        return None
+
+    async with started(tmp_path) as (state, task):
+        monkeypatch.setattr(promotion, "compare", lambda *_args: verdict)
+        monkeypatch.setattr(promotion, "deploy", deploy)
+        served = SimpleNamespace(version="v0001", router=object())
+        monkeypatch.setattr(state.models, "get", lambda _task: served)
+        monkeypatch.setattr(state.promotion, "_router", lambda _task, _version: object())
+        await add(state, 300, "teacher")
+        await candidate(state, "v0002")
+        await add(state, MIN_FRESH, "audit")
+        judged = await state.promotion.check(task)
+        assert judged is not None and judged.outcome == outcome, judged
+        assert f"v0001 handles 150 (agreement {served_agreement:.3f})" in (judged.reason or "")
