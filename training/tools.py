@@ -14,9 +14,8 @@ at (delta / 2) 6 / (pi^2 j^2) (`FitOptions.whole_delta_share`). Each series sums
 delta / 2, so by a union bound every certificate of every version holds together with
 probability 1 - delta. A fit tests whole calls only when validation, scored by a name
 model and an extractor fitted without it, foretells that calibration is likelier than
-not to certify;
-that choice depends on the fit and validation splits only, so the test keeps its
-level, and the fits of a young task, whose arguments cannot be certified yet, leave
+not to certify; that choice depends on the fit and validation splits only, so the
+test keeps its level, and the fits of a young task, whose arguments cannot be certified yet, leave
 the whole-call budget to the first fit that can.
 
 A `message` (a reply that calls no tool) is answered locally only when the teacher's
@@ -25,8 +24,8 @@ text for it is constant: one canonical text in at least `CONSTANT_SHARE` of them
 Where the whole-call sequence starts matters: the fixed-sequence test stops at its
 first failure, and among the few most confident calls one slip of the teacher ends it.
 So the start is chosen on the validation split, with a name model and an extractor
-fitted without that split (an honest estimate): the coverage at which calibration's lower bound is
-likeliest to reach alpha, and the test runs only when that chance is at least
+fitted without that split (an honest estimate): the coverage at which calibration's
+lower bound is likeliest to reach alpha, and the test runs only when that chance is at least
 `FORETOLD_CHANCE`. Both depend on the fit and validation splits only, never on
 calibration, so the test keeps its level.
 """
