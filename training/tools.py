@@ -15,8 +15,8 @@ delta / 2, so by a union bound every certificate of every version holds together
 probability 1 - delta. A fit tests whole calls only when validation, scored by a name
 model and an extractor fitted without it, foretells that calibration is likelier than
 not to certify; that choice depends on the fit and validation splits only, so the
-test keeps its level, and the fits of a young task, whose arguments cannot be certified yet, leave
-the whole-call budget to the first fit that can.
+test keeps its level, and the fits of a young task, whose arguments cannot be
+certified yet, leave the whole-call budget to the first fit that can.
 
 A `message` (a reply that calls no tool) is answered locally only when the teacher's
 text for it is constant: one canonical text in at least `CONSTANT_SHARE` of them.
