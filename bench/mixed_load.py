@@ -29,10 +29,8 @@ import json
 import os
 import random
 import re
-import select
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -48,6 +46,8 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from local_servers import child_env, free_port, stop, teacher  # noqa: E402
+
 from proxy.models import ModelStore  # noqa: E402
 from proxy.sim.synthetic import make_intents  # noqa: E402
 from training.datasets import load_labelled  # noqa: E402
@@ -56,44 +56,17 @@ TASK, ALIAS, TEACHER = "intent", "intent-classifier", "sim-teacher"
 MIX = {"task": 0.50, "stream": 0.15, "passthrough": 0.15, "classify": 0.10,
        "embeddings": 0.05, "models": 0.05}  # fmt: skip
 FD_SLACK = 8  # SQLAlchemy's SQLite pool: up to 5 connections of 2 fds (db, WAL); more leaks
-Procs = list[subprocess.Popen[str]]
 JSON = {"content-type": "application/json"}
-ENV = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-       "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}  # fmt: skip
 
 
-def stop(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-        proc.kill()  # a no-op once it has exited
-        proc.wait(5)
-
-
-def start_teacher(work: Path, latency_ms: float, procs: Procs) -> str:
-    cmd = [sys.executable, "-m", "proxy.cli", "sim-teacher", "--data", str(work / "answers.jsonl"),
-           "--port", "0", "--latency-ms", str(latency_ms)]  # fmt: skip
-    with (log := work / "teacher.log").open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=f, text=True)
-    procs.append(proc)  # stopped by main() whatever happens next
-    assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 60)
-    url = proc.stdout.readline().strip() if ready else ""
-    if not url.startswith("http"):
-        raise RuntimeError(f"simulated teacher did not start:\n{log.read_text()[-2000:]}")
-    return url
-
-
-def start_proxy(work: Path, procs: Procs) -> tuple[subprocess.Popen[str], str]:
-    with socket.socket() as s:  # a free port
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+def start_proxy(work: Path, stack: contextlib.ExitStack) -> tuple[subprocess.Popen[str], str]:
+    """`tracer serve` on a free port; the proc itself, since the run stops it to measure."""
+    port = free_port()
     cmd = [sys.executable, "-m", "proxy.cli", "serve", "--config", str(work / "config.yaml"),
            "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]  # fmt: skip
     with (log := work / "proxy.log").open("w") as f:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=f, stderr=f, text=True)
-    procs.append(proc)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=f, stderr=f, text=True)
+    stack.callback(stop, proc)
     base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         with contextlib.suppress(httpx.HTTPError):
@@ -145,7 +118,7 @@ def fit_model(work: Path, artifacts: Path, rows: list[tuple[str, str]], labels: 
            "--task", TASK, "--quiet"]  # fmt: skip
     started = time.monotonic()
     with (work / "fit.log").open("w") as log:
-        rc = subprocess.run(cmd, cwd=REPO, env=ENV, stdout=log, stderr=log).returncode
+        rc = subprocess.run(cmd, cwd=REPO, env=child_env(), stdout=log, stderr=log).returncode
     if rc != 0:
         raise RuntimeError(f"tracer fit exited {rc}:\n{(work / 'fit.log').read_text()[-2000:]}")
     store.set_current(TASK, version)
@@ -278,7 +251,7 @@ def metric_sum(text: str, name: str) -> str:
     return ", ".join(f"{labels or ''} {float(v):g}" for labels, v in found) or "none"
 
 
-def run(args: argparse.Namespace, work: Path, procs: Procs) -> int:
+def run(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -> int:
     shares = {kind: getattr(args, f"mix_{kind}") for kind in MIX}
     rows, fit_rows, described = load_rows(args.data)
     labels = sorted({label for _, label in rows})
@@ -289,9 +262,11 @@ def run(args: argparse.Namespace, work: Path, procs: Procs) -> int:
     served = none if args.no_serve_model else fit_model(work, work / "artifacts", fit_rows, labels)
     print(f"served model: {served}", flush=True)
     write_jsonl(work / "answers.jsonl", rows)
-    teacher_url = start_teacher(work, args.teacher_latency_ms, procs)
+    teacher_url = stack.enter_context(
+        teacher(work / "answers.jsonl", args.teacher_latency_ms, work / "teacher.log")
+    )
     write_config(work / "config.yaml", teacher_url, work, labels)
-    proxy, base = start_proxy(work, procs)
+    proxy, base = start_proxy(work, stack)
     requests = plan(args.requests, [t for t, _ in rows], shares, args.seed)
     fd_before, rss_before = fds(proxy.pid), status_mb(proxy.pid, "VmRSS")
     tally = Tally()
@@ -378,16 +353,14 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument(f"--mix-{kind}", type=float, default=share, help=f"share (default {share})")
     args = p.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tracer-mixed-"))
-    procs: Procs = []
     status = 1  # also when run() raises: the folder is then kept for its logs
     try:
-        status = run(args, work, procs)
+        with contextlib.ExitStack() as stack:  # the servers stop, whatever happens
+            status = run(args, work, stack)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         status = 130
     finally:
-        for proc in reversed(procs):
-            stop(proc)
         if args.keep or status != 0:
             print(f"temporary folder kept: {work} (proxy.log, teacher.log, tracer.db, ...)")
         else:
