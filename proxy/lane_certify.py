@@ -59,6 +59,7 @@ class Check:
     input: str
     agrees: bool
     answer: str | None = None  # the lane's label (None: none valid, or not recorded)
+    routed: tuple[str, int] | None = None  # (version, cluster) the request was routed under
 
 
 @dataclass

@@ -22,9 +22,11 @@ as the teacher writes that label, is compared with the teacher's.
   the teacher.
 - **Keeping the lane honest.** Per (cluster, lane, mode), the sequential test that
   guards the surrogate reads the audits and demotes the lane from the cluster (in both
-  modes) as soon as they show it below alpha. A demoted lane's earlier checks no longer
-  count: it is certified again, in a later round, only on what it answered after its
-  demotion.
+  modes) as soon as they show it below alpha. Its checks in that cluster from before
+  the last round (as that round placed them, or as they were routed) no longer count in
+  any later round, whatever the version; the audits since then, which demoted it, do.
+  Its checks elsewhere still count: each cluster it serves has its own test, which
+  demotes it there too if it drifted everywhere.
 - **Only the teacher teaches**: lane answers never become traces.
 """
 
@@ -98,7 +100,8 @@ class TaskLanes:
         self._audits: dict[Serving, EDetector] = {}
         self.demoted: set[Serving] = set()
         self._spent: dict[str, tuple[float, int]] = {}  # lane -> (USD, calls)
-        self._fresh_from: dict[str, int] = {}  # lane -> its first check after a demotion
+        self._where: list[int | None] = []  # each check's cluster in the last round
+        self._stale: set[int] = set()  # checks of a lane in a cluster it was demoted from
 
     @property
     def delta(self) -> float:
@@ -142,9 +145,16 @@ class TaskLanes:
         total, n = self._spent.get(lane, (0.0, 0))
         return 1000 * (total / n if n else self.prices[lane].typical())
 
-    def add_check(self, lane: str, text: str, agrees: bool, answer: str | None = None) -> None:
+    def add_check(
+        self,
+        lane: str,
+        text: str,
+        agrees: bool,
+        answer: str | None = None,
+        routed: tuple[str, int] | None = None,
+    ) -> None:
         if lane in self.prices:
-            self.checks.append(Check(lane, text, agrees, answer))
+            self.checks.append(Check(lane, text, agrees, answer, routed))
 
     def add_audit(
         self,
@@ -154,10 +164,14 @@ class TaskLanes:
         agrees: bool,
         answer: str | None = None,
         mode: str = ANSWERS,
+        version: str | None = None,
     ) -> None:
-        """A lane's answer to a request routed to it, against the teacher's: a check for
-        the next rounds, and evidence that may demote the lane from its cluster now."""
-        self.add_check(lane, text, agrees, answer)
+        """A lane's answer to a request routed to it (under `version`, by default the
+        last round's), against the teacher's: a check for the next rounds, and evidence
+        that may demote the lane from its cluster now."""
+        version = version or self.version
+        routed = (version, cluster) if version is not None and cluster is not None else None
+        self.add_check(lane, text, agrees, answer, routed)
         if cluster is None or lane not in self.prices:
             return
         serving = (cluster, lane, mode)
@@ -167,10 +181,20 @@ class TaskLanes:
             # A lane that drifted is not trusted in that cluster in any mode: what it
             # was certified on is no longer what it answers.
             self.demoted.update((cluster, lane, m) for m in MODES)
-            self._fresh_from[lane] = len(self.checks)
+            self._stale.update(self._in_cluster(lane, cluster, version))
             log.warning("task %s: lane %s demoted from cluster %d (%s): its audits show it "
                         "below the target %s", self.task.name, lane, cluster, mode,
                         self.task.target)  # fmt: skip
+
+    def _in_cluster(self, lane: str, cluster: int, version: str | None) -> list[int]:
+        """The lane's checks the last round read that were in `cluster` of `version`:
+        placed there by that round (when it was that version's), or routed there."""
+        placed = self._where if version == self.version else [None] * self.read
+        return [
+            i
+            for i, check in enumerate(self.checks[: self.read])
+            if check.lane == lane and (placed[i] == cluster or check.routed == (version, cluster))
+        ]
 
     def due(self, version: str | None) -> bool:
         """A new version (new clusters), or half as many checks again as the last round read."""
@@ -183,8 +207,12 @@ class TaskLanes:
         """A round on every check so far, `assign` giving each one's cluster and the
         surrogate's guesses under `version` (a blocking call: run it off the event loop)."""
         read = len(self.checks)
-        used = [c for i, c in enumerate(self.checks[:read]) if i >= self._fresh_from.get(c.lane, 0)]
+        kept = [i for i in range(read) if i not in self._stale]
+        used = [self.checks[i] for i in kept]
         guesses = assign([c.input for c in used])
+        where: list[int | None] = [None] * read
+        for i, (cluster, _) in zip(kept, guesses, strict=True):
+            where[i] = cluster
         regions = {
             ANSWERS: [cluster for cluster, _ in guesses],
             CONFIRMS: [
@@ -206,6 +234,7 @@ class TaskLanes:
         elif version == self.version:
             certificates = self.certificates  # nothing new could pass: the last round stands
         self.certificates, self.version, self.read = certificates, version, read
+        self._where = where
         self._audits, self.demoted = {}, set()
         certified = {m: sum(map(len, c.lanes.values())) for m, c in certificates.items()}
         log.info("task %s: lane round on %d checks (version %s): (cluster, lane) pairs "

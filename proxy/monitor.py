@@ -219,10 +219,11 @@ class Monitor:
                 if lane == "surrogate":
                     monitor.add_audit(version, agrees)
                 elif lanes is not None and kind == "shadow":
-                    lanes.add_check(lane, text or "", agrees, answer)
+                    routed = (version, cluster) if version and cluster is not None else None
+                    lanes.add_check(lane, text or "", agrees, answer, routed)
                 elif lanes is not None:
                     mode = CONFIRMS if kind == "confirm" else ANSWERS
-                    lanes.add_audit(lane, cluster, text or "", agrees, answer, mode)
+                    lanes.add_audit(lane, cluster, text or "", agrees, answer, mode, version)
                 self._audit_id[name] = row_id
             if len(rows) < 10_000:
                 return
