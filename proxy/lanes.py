@@ -11,8 +11,10 @@ as the teacher writes that label, is compared with the teacher's.
   would answer itself, or finds out of distribution, is left out; the rest fall in the
   cluster (`clusters.onnx`) the version assigns.
 - **Certification rounds** (`lane_certify`): with each new served version (new
-  clusters), and each time the checks have grown by half, a round reads every check so far
-  and certifies lanes per cluster and per group of clusters. Round r spends
+  clusters), and each time the checks have grown by half (by a tenth while the last
+  round left no lane serving anywhere: an idle lane should not wait days for the next
+  chance), a round reads every check so far and certifies lanes per cluster and per
+  group of clusters. Round r spends
   delta * 6 / (pi^2 r^2) of the task's delta; a round that could certify nothing is not
   held and spends nothing. (Each worker reads the checks when its poll comes, so two
   workers' rounds may read a few checks more or less.)
@@ -58,6 +60,7 @@ Guess = tuple[int | None, tuple[str, ...]]  # a check's cluster (None: not a lan
 
 ROUND_START = 200  # checks before the first certification round
 GROWTH = 1.5  # a new round once the checks have grown this many times since the last
+IDLE_GROWTH = 1.1  # the same while no lane serves anywhere (rounds stay logarithmic)
 SHADOW_ALL = 5000  # every teacher answer is shadow-checked until there are this many checks
 SHADOW_FLOOR = 0.05  # after that, min(1, SHADOW_ALL / checks), but at least this share
 
@@ -196,12 +199,23 @@ class TaskLanes:
             if check.lane == lane and (placed[i] == cluster or check.routed == (version, cluster))
         ]
 
+    def serving(self) -> bool:
+        """Whether some lane serves some cluster now (certified, not demoted)."""
+        return any(
+            (cluster, lane, mode) not in self.demoted
+            for mode, certificate in self.certificates.items()
+            for cluster, lanes in certificate.lanes.items()
+            for lane in lanes
+        )
+
     def due(self, version: str | None) -> bool:
-        """A new version (new clusters), or half as many checks again as the last round read."""
+        """A new version (new clusters), or half as many checks again as the last round
+        read (a tenth more while no lane serves)."""
         n = len(self.checks)
         if version is None or n < ROUND_START:
             return False
-        return version != self.version or n >= GROWTH * self.read
+        growth = GROWTH if self.serving() else IDLE_GROWTH
+        return version != self.version or n >= growth * self.read
 
     def recertify(self, version: str, assign: Callable[[list[str]], list[Guess]]) -> None:
         """A round on every check so far, `assign` giving each one's cluster and the

@@ -135,6 +135,25 @@ def test_the_cheapest_certified_lane_serves_and_a_drifting_lane_is_demoted_there
     assert lanes.round == 3 and lanes.choose(0) == "small"
 
 
+@pytest.mark.parametrize("agree_share", [1.0, 0.5])
+def test_an_idle_lane_gets_its_next_round_sooner(agree_share: float):
+    """After a round that leaves no lane serving, the next comes at a tenth more checks,
+    not half as many again: a lane refused on a new version's first round would
+    otherwise sit idle for days."""
+    cfg = config(["small"])
+    lanes = TaskLanes(cfg.tasks[0], lane_prices(cfg, cfg.tasks[0]))
+    for check in checks("small", 300, agree_share, seed=5):
+        lanes.add_check(check.lane, check.input, check.agrees)
+    lanes.recertify("v1", lambda texts: [(0, ("x",))] * len(texts))
+    assert lanes.round == 1 and lanes.serving() == (agree_share == 1.0)
+    for check in checks("small", 30, 1.0, seed=6):
+        lanes.add_check(check.lane, check.input + " again", check.agrees)
+    assert lanes.due("v1") == (not lanes.serving())  # 330 checks: 1.1 x 300
+    for check in checks("small", 120, 1.0, seed=7):
+        lanes.add_check(check.lane, check.input + " later", check.agrees)
+    assert lanes.due("v1")  # 450 checks: 1.5 x 300
+
+
 def test_the_shadow_share_starts_at_one_and_falls_to_its_floor():
     task = config(["small"]).tasks[0]
     lanes = TaskLanes(task, [("small", Prices(per_request=1e-4))])
