@@ -6,6 +6,8 @@ changing the URL and is what replicas on several hosts share.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -23,7 +25,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from router.traces import ARGUMENTS_ONLY, TRAIN_ONLY
@@ -39,9 +41,15 @@ def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")  # kept in the file once set
+            except sqlite3.OperationalError as exc:
+                # Processes that open a new file at the same moment: SQLite refuses the
+                # switch at once, without waiting, to all but one; that one sets it.
+                if "locked" not in str(exc):
+                    raise
+            cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
     return engine
@@ -50,8 +58,30 @@ def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
 SCHEMA_LOCK = 0x7472616365720001  # PostgreSQL advisory lock key of create_schema
 
 
+SCHEMA_RACES = ("already exists", "duplicate column")  # SQLite: another process won
+SCHEMA_ATTEMPTS = 10
+
+
 async def create_schema(engine: AsyncEngine) -> None:
-    """Create missing tables, and add columns that later versions brought (nullable)."""
+    """Create missing tables, and add columns that later versions brought (nullable).
+
+    Workers and replicas that start together on a new database race to create it. On
+    PostgreSQL an advisory lock serialises them; SQLite runs each DDL statement on its
+    own, so a process that loses a race ("table traces already exists") looks again,
+    and finds what the others made.
+    """
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            await _create_schema(engine)
+            return
+        except OperationalError as exc:
+            lost = engine.dialect.name == "sqlite" and any(r in str(exc) for r in SCHEMA_RACES)
+            if not lost or attempt == SCHEMA_ATTEMPTS - 1:
+                raise
+            await asyncio.sleep(0.02 * (attempt + 1))
+
+
+async def _create_schema(engine: AsyncEngine) -> None:
     async with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             # Replicas starting together on a new database: without this lock, both see no

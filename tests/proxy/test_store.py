@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from dataclasses import replace
 
@@ -147,3 +148,19 @@ async def test_an_older_store_gains_the_columns_added_since(tmp_path):
     rows = await store.audits_after(engine, "t")
     assert [(r[6], r[7]) for r in rows] == [("hello", None), ("again", "refund")]
     await engine.dispose()
+
+
+async def test_processes_that_start_together_create_one_sqlite_store(tmp_path):
+    """`tracer serve --workers 2` on a new file: every worker creates the schema at the
+    same moment, and none may fail ("table traces already exists", or "database is
+    locked" while another switches the file to WAL)."""
+    for attempt in range(5):
+        path = tmp_path / f"new{attempt}.db"
+        engines = [store.create_engine(f"sqlite+aiosqlite:///{path}") for _ in range(3)]
+        await asyncio.gather(*(store.create_schema(engine) for engine in engines))
+        for engine in engines:
+            await engine.dispose()
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert {"traces", "decisions", "audits", "refits"} <= tables
