@@ -12,7 +12,9 @@ each model's `model_info`.
 
 Cost is every upstream call the proxy made (answers, audits, shadow checks), from
 `tracer_lane_cost_usd_total`; agreement is exact equality of each answer with the
-teacher's.
+teacher's. Each day's teacher answers are also counted by why the proxy sent them there
+(its `x-tracer-reason`): out of distribution, drawn for the teacher at the sampling
+rate, a lane that gave nothing to serve, or deferred with no lane to take it.
 
     .venv/bin/python bench/lanes.py                   # seed 0, 4 days of 2,000
     .venv/bin/python bench/lanes.py --seed 1 --json /tmp/lanes.json
@@ -60,6 +62,27 @@ def spent(fly: Flywheel) -> float:
     return sum(fly.metric("tracer_lane_cost_usd_total", task=TASK, lane=x) for x in LANES)
 
 
+# Why the teacher answered a request, from the proxy's reason header (first match wins).
+WHY_TEACHER = (
+    ("no model yet", "no model deployed"),
+    ("fallback", "fallback:"),
+    ("out of distribution", "out of distribution"),
+    ("drawn for the teacher", "sampled for the teacher"),
+    ("lane gave no answer to serve", ": the teacher answers"),
+    ("deferred, no lane to take it", "deferred:"),
+)
+
+
+def why_teacher(day: Day) -> dict[str, int]:
+    """The teacher's answers of the day, by why the proxy sent them there."""
+    counts = dict.fromkeys([name for name, _ in WHY_TEACHER] + ["other"], 0)
+    for o in day.outcomes:
+        if (o.lane or "teacher") == "teacher":
+            name = next((n for n, key in WHY_TEACHER if key in o.reason), "other")
+            counts[name] += 1
+    return {name: n for name, n in counts.items() if n}
+
+
 def day_figures(day: Day, usd: float, fly: Flywheel) -> dict[str, Any]:
     by_lane: dict[str, dict[str, Any]] = {}
     for lane in LANES:
@@ -77,6 +100,7 @@ def day_figures(day: Day, usd: float, fly: Flywheel) -> dict[str, Any]:
         "errors": len(day.errors),
         "agreement": day.agreement,
         "lanes": by_lane,
+        "teacher_because": why_teacher(day),
         "cost_usd": usd,
         "teacher_only_usd": day.requests * TEACHER_USD,
         "certified_clusters": {m: len(c.lanes) for m, c in certificates.items()},
@@ -129,6 +153,13 @@ def report(three: list[dict[str, Any]], two: list[dict[str, Any]], alpha: float)
         d["lanes"][x]["agreement"] is None or d["lanes"][x]["agreement"] >= alpha
         for d in three for x in LANES
     )  # fmt: skip
+    for name, arm in (("three lanes", three), ("two lanes", two)):
+        print(f"\nwhy the teacher answered, {name}:")
+        for d in arm:
+            print(
+                f"  day {d['day']}: "
+                + ", ".join(f"{k} {n}" for k, n in d["teacher_because"].items())
+            )
     for name, arm in (("three lanes", three), ("two lanes", two)):
         served = "; ".join(f"day {d['day']}: {', '.join(d['versions']) or '-'}" for d in arm)
         print(f"\nversions served, {name}: {served}")

@@ -27,6 +27,7 @@ class Outcome:
     version: str | None = None
     error: str | None = None
     lane: str | None = None  # who answered: surrogate, a lane's model_name, teacher
+    reason: str = ""  # the proxy's x-tracer-reason
 
     @property
     def by_teacher(self) -> bool:
@@ -71,6 +72,7 @@ async def send_all(url: str, rows: Sequence[Row], s: Settings) -> list[Outcome]:
                     content == label,  # exact: the promise is the teacher's answer, byte for byte
                     raw.headers.get("x-tracer-model-version"),
                     lane=raw.headers.get("x-tracer-lane"),
+                    reason=raw.headers.get("x-tracer-reason", ""),
                 )
             except Exception as exc:  # counted and reported, never silently dropped
                 seconds = time.perf_counter() - started
