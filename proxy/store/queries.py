@@ -41,18 +41,25 @@ def create_engine(url: str, busy_timeout_ms: int = 5000) -> AsyncEngine:
         @event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-            try:
-                cursor.execute("PRAGMA journal_mode=WAL")  # kept in the file once set
-            except sqlite3.OperationalError as exc:
-                # Processes that open a new file at the same moment: SQLite refuses the
-                # switch at once, without waiting, to all but one; that one sets it.
-                if "locked" not in str(exc):
-                    raise
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            sqlite_pragmas(cursor, busy_timeout_ms)
             cursor.close()
 
     return engine
+
+
+def sqlite_pragmas(db: Any, busy_timeout_ms: int) -> None:
+    """A new SQLite connection's settings: a busy timeout, WAL, and normal syncs.
+
+    `db` is anything with `execute`: a sqlite3 connection or a driver's cursor."""
+    db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    try:
+        db.execute("PRAGMA journal_mode=WAL")  # kept in the file once set
+    except sqlite3.OperationalError as exc:
+        # Processes that open a new file at the same moment: SQLite refuses the switch
+        # at once, without waiting, to all but one; that one sets it for the file.
+        if "locked" not in str(exc):
+            raise
+    db.execute("PRAGMA synchronous=NORMAL")
 
 
 SCHEMA_LOCK = 0x7472616365720001  # PostgreSQL advisory lock key of create_schema

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from router.traces import Source
 
+from .queries import sqlite_pragmas
 from .schema import AuditRow, DecisionRow, ToolListRow, TraceRow, now
 
 log = logging.getLogger("tracer.store")
@@ -231,9 +232,7 @@ class StoreWriter:
             self._sqlite = sqlite3.connect(
                 self._sqlite_path, isolation_level=None, check_same_thread=False
             )
-            self._sqlite.execute("PRAGMA journal_mode=WAL")
-            self._sqlite.execute("PRAGMA synchronous=NORMAL")
-            self._sqlite.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+            sqlite_pragmas(self._sqlite, self.busy_timeout_ms)
         tables = (
             ("traces", [_trace_row(r) for r in batch if isinstance(r, Trace)]),
             ("decisions", [_storable_row(vars(r)) for r in batch if isinstance(r, Decision)]),
