@@ -90,8 +90,8 @@ def select(
     ood_min = float(np.quantile(sim_val, opts.ood_quantile)) if opts.ood_quantile > 0 else None
     ood_val = sim_val < ood_min if ood_min is not None else np.zeros(len(feats.y_val), bool)
     rows: list[dict[str, Any]] = []
-    best: tuple[tuple[float, float, float], Candidate, str, np.ndarray, np.ndarray] | None
-    best, winner_labels = None, np.zeros(0, np.int64)
+    Best = tuple[tuple[float, float, float], Candidate, str, np.ndarray, np.ndarray, np.ndarray]
+    best: Best | None = None
     with progress.stage("candidates"):
         for cand in candidates:
             t0 = time.perf_counter()
@@ -123,12 +123,12 @@ def select(
                 )
                 key = (coverage, cal.best_empirical_coverage, float(correct.mean()))
                 if best is None or key > best[0]:
-                    best, winner_labels = (key, cand, acc, val_feats, score), probs.argmax(axis=1)
+                    best = (key, cand, acc, val_feats, probs.argmax(axis=1), score)
             progress.log(f"  {cand.name}: accuracy {correct.mean():.3f} ({secs:.1f}s)")
     assert best is not None
     progress.candidates(rows, alpha)
-    _, winner, acceptor, val_feats, val_scores = best
-    return Selection(winner, acceptor, reducer, rows, val_feats, ood_min, winner_labels, val_scores)
+    _, winner, acceptor, val_feats, val_labels, val_scores = best
+    return Selection(winner, acceptor, reducer, rows, val_feats, ood_min, val_labels, val_scores)
 
 
 def _write_onnx(model: onnx.ModelProto, path: Path) -> None:
