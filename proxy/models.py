@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -247,12 +248,20 @@ class LiveModels:
         self._live: dict[str, LiveModel] = {}
         self._unservable: dict[str, str] = {}  # task -> a pointed-to version that failed to load
         self._waiting: dict[str, str] = {}  # task -> why its pointed-to version cannot load yet
+        # One load at a time: a deploy and the poll that both see a new pointer would
+        # otherwise both load it and swap twice, and the second swap would wipe the
+        # live checks the first one's version had gathered in between.
+        self._loading = threading.Lock()
 
     def get(self, task: str) -> LiveModel | None:
         return self._live.get(task)
 
     def refresh_task(self, task: str) -> LiveModel | None:
         """Load the pointed-to version if it is not the one served. Blocking: call off-loop."""
+        with self._loading:
+            return self._refresh_task(task)
+
+    def _refresh_task(self, task: str) -> LiveModel | None:
         version = self.store.current(task)
         live = self._live.get(task)
         if version is None or (live is not None and live.version == version):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -11,6 +13,7 @@ import pytest
 
 from proxy.models import LiveModels, ModelStore
 from proxy.sim.synthetic import make_intents
+from router import Router
 from tests.support import intents_config, running_proxy, serve_fitted_intents
 
 
@@ -78,3 +81,28 @@ def test_a_tampered_artifact_is_refused_once_and_the_last_good_version_stays(
     live = models.get("intents")
     assert live is not None and live.version == "v0001"
     assert len([r for r in caplog.records if "cannot serve version v0002" in r.message]) == 1
+
+
+def test_a_deploy_and_a_poll_that_see_one_new_pointer_swap_once(
+    fitted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Both load off the event loop at the same time; a second swap to the same version
+    would start its live checks over and lose what they had gathered."""
+    root = _copy(fitted, tmp_path / "d")
+    swaps: list[str] = []
+    models = LiveModels(
+        ModelStore(root), ["intents"], lambda _t, _o, new: swaps.append(new.version)
+    )
+    real_load = Router.load
+
+    def slow_load(path: Path) -> Router:
+        time.sleep(0.3)  # long enough for the other caller to read the same old state
+        return real_load(path)
+
+    monkeypatch.setattr("proxy.models.Router.load", slow_load)
+    callers = [threading.Thread(target=models.refresh_task, args=("intents",)) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert swaps == ["v0001"]
