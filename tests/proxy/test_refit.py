@@ -46,6 +46,7 @@ async def serving_intents(
 ) -> AsyncIterator[tuple[ProxyState, TaskConfig]]:
     """A started proxy state with 800 intents traces; with `deploy`, it serves v0001."""
     state = ProxyState(intents_config(NOWHERE, tmp_path, task={"target": 0.9}))
+    state.poll_seconds = 3600  # the test judges candidates itself: no poll may judge first
     task = state.config.tasks[0]
     await state.start(refit=False)
     try:
