@@ -213,7 +213,10 @@ class Monitor:
 
     async def _read_audits(self, name: str, monitor: TaskMonitor) -> None:
         while True:
-            rows = await store.audits_after(self.engine, name, self._audit_id.get(name, 0))
+            start = self._audit_id.get(name, 0)
+            rows = await store.audits_after(self.engine, name, start)
+            if self._audit_id.get(name, 0) != start:
+                continue  # a swap while reading: its version's audits, from the start
             lanes = self.lanes.get(name)
             for row_id, version, lane, cluster, agrees, kind, text, answer in rows:
                 if lane == "surrogate":

@@ -69,6 +69,7 @@ class ProxyState:
         self._loops: list[asyncio.Task[None]] = []
         self.tools_seen: dict[str, list[Any]] = {}
         self._polling = asyncio.Lock()  # the loop and a caller (the demo) never poll at once
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by `start`
 
     def fallback_reason(self, task: str) -> str | None:
         return self.monitor.fallback_reason(task)
@@ -95,6 +96,23 @@ class ProxyState:
 
     # -- callbacks ------------------------------------------------------------------------
     def _swapped(self, task: str, old: LiveModel | None, new: LiveModel) -> None:
+        """A version was loaded, in a worker thread: its bookkeeping runs on the event
+        loop, queued before the load's own result, so it is done when the load's caller
+        resumes, and never lands in the middle of a poll's reading of the audits."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._serve(task, old, new)
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._serve(task, old, new)
+        else:
+            loop.call_soon_threadsafe(self._serve, task, old, new)
+
+    def _serve(self, task: str, old: LiveModel | None, new: LiveModel) -> None:
         if old is not None:
             self.metrics.forget(self.metrics.model_info, task, old.version)
         self.metrics.model_info.labels(task, new.version).set(1)
@@ -125,6 +143,7 @@ class ProxyState:
 
     # -- life -------------------------------------------------------------------------------
     async def start(self, refit: bool = True) -> None:
+        self._loop = asyncio.get_running_loop()
         await store.create_schema(self.engine)
         await self.sampling.count()
         await self.upstream.start()

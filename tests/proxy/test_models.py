@@ -13,6 +13,7 @@ import pytest
 
 from proxy.models import LiveModels, ModelStore
 from proxy.sim.synthetic import make_intents
+from proxy.state import ProxyState
 from router import Router
 from tests.support import intents_config, running_proxy, serve_fitted_intents
 
@@ -106,3 +107,20 @@ def test_a_deploy_and_a_poll_that_see_one_new_pointer_swap_once(
     for caller in callers:
         caller.join()
     assert swaps == ["v0001"]
+
+
+async def test_a_swap_is_recorded_on_the_event_loop(
+    fitted: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Versions load in worker threads; the live checks they reset are the event loop's,
+    and reset there, before the load's caller goes on."""
+    root = _copy(fitted, tmp_path / "e")
+    state = ProxyState(intents_config("http://127.0.0.1:9/v1", tmp_path, artifacts=root))
+    state.poll_seconds = 3600
+    served_on: list[int] = []
+    monkeypatch.setattr(state.monitor, "serve", lambda *_: served_on.append(threading.get_ident()))
+    await state.start(refit=False)
+    try:
+        assert served_on == [threading.get_ident()]
+    finally:
+        await state.stop()

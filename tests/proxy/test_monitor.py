@@ -71,6 +71,38 @@ async def test_a_restarted_proxy_rebuilds_the_evidence_from_the_store(tmp_path):
     await engine.dispose()
 
 
+async def test_a_swap_while_the_poll_reads_still_counts_the_versions_earlier_audits(
+    tmp_path, monkeypatch
+):
+    """Another worker served v0002 first, and its audits were read while this worker
+    served v0001. When this worker swaps during a later read, they still count."""
+    _cfg, engine, writer, _metrics, monitor = await started(tmp_path)
+    monitor.serve("t", "v0001", Baseline())
+    for version, n in (("v0001", 100), ("v0002", 50)):
+        for _ in range(n):
+            writer.submit(store.Audit("t", version, agrees=True))
+    await writer.flush()
+    await monitor.poll()
+    assert monitor.task("t").version_audits == 100
+    for _ in range(10):
+        writer.submit(store.Audit("t", "v0002", agrees=True))
+    await writer.flush()
+    read = store.audits_after
+
+    async def swapped_while_reading(*args: object):
+        rows = await read(*args)
+        monitor.serve("t", "v0002", Baseline())  # lands while the read is awaited
+        return rows
+
+    monkeypatch.setattr(store, "audits_after", swapped_while_reading)
+    await monitor.poll()
+    monkeypatch.setattr(store, "audits_after", read)
+    await monitor.poll()
+    assert monitor.task("t").version_audits == 60
+    await writer.close()
+    await engine.dispose()
+
+
 async def test_a_jump_in_out_of_distribution_inputs_samples_everything(tmp_path):
     cfg, engine, writer, metrics, monitor = await started(tmp_path, audit_boost=0)
     sampling = SamplingPolicy(cfg, engine, metrics, monitor, random.Random(0))

@@ -42,8 +42,8 @@ tasks:
     probation_boost: 0
     audit_rate: 0
 server: {{port: {port}}}
-store: {{url: "sqlite+aiosqlite:///{tmp / 'tracer.db'}"}}
-artifacts: {{dir: "{tmp / 'artifacts'}"}}
+store: {{url: "sqlite+aiosqlite:///{tmp / "tracer.db"}"}}
+artifacts: {{dir: "{tmp / "artifacts"}"}}
 refit: {{min_new_traces: 1000000, interval_seconds: 1000000}}
 """
 
