@@ -14,13 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .config import Config, ConfigError, is_loopback, load_config
+from .models_cli import add_models_parser, no_store
 from .operator_cli import add_import_parser, add_status_parser
-
-if TYPE_CHECKING:
-    from .models import ModelStore
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -70,17 +67,6 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _no_store(config: Config) -> str | None:
-    """Why a read-only verb cannot read the store, in one line; None when it can try."""
-    from .paths import sqlite_file
-
-    config.require_env("store")
-    file = sqlite_file(config.store.url)
-    if file is not None and not file.is_file():
-        return f"no store at {file} yet (nothing has been served with this config)"
-    return None
-
-
 def _store_failure(config: Config, exc: Exception) -> str:
     from .paths import sqlite_file
 
@@ -104,7 +90,7 @@ def _export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if (why := _no_store(config)) is not None:
+    if (why := no_store(config)) is not None:
         print(f"tracer: {why}", file=sys.stderr)
         return 1
 
@@ -135,112 +121,6 @@ def _export(args: argparse.Namespace) -> int:
         return 0
 
     return asyncio.run(run())
-
-
-def _model_store(config: Config) -> ModelStore:
-    """The versions as the proxy sees them: in the store, after importing what the folder
-    holds and the store lacks (as a proxy's start would); the folder alone when there is
-    no store yet. Raises ModelsUnavailable when the store does not answer."""
-    from .models import ModelStore
-    from .shared_models import SharedModelStore, model_store
-
-    if _no_store(config) is not None:
-        return ModelStore(config.artifacts.dir)
-    models = model_store(config.artifacts.dir, config.store.url)
-    if isinstance(models, SharedModelStore):
-        models.sync([t.name for t in config.tasks])
-        try:
-            models.reload()
-        except BaseException:
-            models.close()
-            raise
-    return models
-
-
-def _models_list(args: argparse.Namespace) -> int:
-    from .models import ModelsUnavailable
-
-    config = load_config(args.config)
-    config.require_env("artifacts", "tasks")
-    try:
-        models = _model_store(config)
-    except ModelsUnavailable as exc:
-        print(f"tracer: {exc}", file=sys.stderr)
-        return 1
-    rows = []
-    for task in config.tasks:
-        current = models.current(task.name)
-        for version in models.versions(task.name):
-            manifest = models.manifest(task.name, version)
-            cal = manifest.calibration if manifest is not None else None
-            refusal = manifest.refusal if manifest is not None else None
-            rows.append(
-                {
-                    "task": task.name,
-                    "version": version,
-                    "serving": version == current,
-                    "pinned": version == current and models.pinned(task.name),
-                    "status": manifest.status if manifest is not None else "incomplete",
-                    "created_at": manifest.created_at if manifest is not None else None,
-                    "threshold": manifest.threshold if manifest is not None else None,
-                    "calibration_coverage": cal.coverage if cal is not None else None,
-                    "calibration_agreement": cal.agreement if cal is not None else None,
-                    "reason": refusal.reason if refusal is not None else None,
-                }
-            )
-    models.close()
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print(f"no models yet under {config.artifacts.dir}")
-        return 0
-    print(f"  {'task':<24} {'version':<7} {'status':<9} {'created':<26} figures")
-    for r in rows:
-        mark = "P" if r["pinned"] else "*" if r["serving"] else " "
-        figures = (
-            f"coverage {r['calibration_coverage']:.3f} agreement {r['calibration_agreement']:.3f}"
-            if isinstance(r["calibration_coverage"], float)
-            and isinstance(r["calibration_agreement"], float)
-            else (r["reason"] or "")
-        )
-        when = r["created_at"] or ""
-        print(f"{mark} {r['task']:<24} {r['version']:<7} {r['status']:<9} {when:<26} {figures}")
-    return 0
-
-
-def _models_change(args: argparse.Namespace) -> int:
-    """`models rollback`, `pin` and `unpin`: one write to where the pointer lives."""
-    from router import ArtifactError
-
-    from .models import ModelsUnavailable
-
-    config = load_config(args.config)
-    config.require_env("artifacts")
-    if config.task(args.task) is None:
-        print(f"tracer: no task named {args.task!r} in {args.config}", file=sys.stderr)
-        return 2
-    try:
-        models = _model_store(config)
-        try:
-            if args.models_command == "unpin":
-                version = models.unpin(args.task)
-            elif args.models_command == "pin":
-                version = models.pin(args.task, args.version)
-            else:
-                version = models.rollback(args.task, args.to)
-        finally:
-            models.close()
-    except (ArtifactError, ModelsUnavailable) as exc:
-        print(f"tracer: {exc}", file=sys.stderr)
-        return 1
-    if args.models_command == "unpin":
-        print(f"task {args.task} is not pinned (it serves {version or 'no version'}): refits "
-              "and candidates may move it again")  # fmt: skip
-        return 0
-    print(f"task {args.task} now serves {version}, pinned until `tracer models unpin "
-          f"{args.task}`; running proxies pick it up within seconds")  # fmt: skip
-    return 0
 
 
 def _run_delegated(name: str, rest: list[str]) -> int:
@@ -304,32 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(traces_sub)
 
     add_status_parser(sub)
-
-    models = sub.add_parser("models", help="show or change the served model versions")
-    models_sub = models.add_subparsers(dest="models_command", required=True)
-    listing = models_sub.add_parser(
-        "list", help="every version of every task; * marks the served one, P a pinned one"
-    )
-    listing.add_argument("--config", required=True)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(run=_models_list)
-    rollback = models_sub.add_parser(
-        "rollback", help="serve the newest certified version older than the served one (or "
-        "--to), pinned"
-    )  # fmt: skip
-    rollback.add_argument("task")
-    rollback.add_argument("--config", required=True)
-    rollback.add_argument("--to", help="the version to serve, e.g. v0002")
-    pin = models_sub.add_parser("pin", help="serve a version (default: the served one) and "
-                                "hold it: refits wait as candidates until unpin")  # fmt: skip
-    pin.add_argument("task")
-    pin.add_argument("version", nargs="?")
-    pin.add_argument("--config", required=True)
-    unpin = models_sub.add_parser("unpin", help="let refits and candidates move the task again")
-    unpin.add_argument("task")
-    unpin.add_argument("--config", required=True)
-    for verb in (rollback, pin, unpin):
-        verb.set_defaults(run=_models_change)
+    add_models_parser(sub)
 
     for name, (_, _, text) in DELEGATED.items():  # listed for --help; main() runs them
         sub.add_parser(name, help=text, add_help=False)

@@ -371,6 +371,15 @@ async def settle_refit(
         )
 
 
+async def refit_outcomes(engine: AsyncEngine, task: str) -> dict[str, str]:
+    """Each fitted version's outcome, as settled (a candidate's is updated when judged)."""
+    query = select(RefitRow.version, RefitRow.outcome).where(
+        RefitRow.task == task, RefitRow.version.is_not(None)
+    )
+    async with engine.connect() as conn:
+        return {str(v): str(o) for v, o in (await conn.execute(query)).all()}
+
+
 async def refit_history(engine: AsyncEngine, task: str, limit: int = 50) -> list[dict[str, Any]]:
     query = select(RefitRow).where(RefitRow.task == task).order_by(RefitRow.id.desc()).limit(limit)
     async with engine.connect() as conn:

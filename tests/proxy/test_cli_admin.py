@@ -64,8 +64,8 @@ def test_models_list_needs_no_key_reads_beside_the_config_and_has_a_header(run2,
     (run2 / ".tracer" / "banking-intent" / "versions" / "v0001").mkdir(parents=True)
     assert main(["models", "list", "--config", "run2/config.yaml"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["task", "version", "status", "created", "figures"]
-    assert lines[1].split()[:3] == ["banking-intent", "v0001", "incomplete"]
+    assert lines[0].split() == ["task", "version", "status", "refit", "created", "figures"]
+    assert lines[1].split()[:4] == ["banking-intent", "v0001", "incomplete", "-"]
     assert main(["models", "list", "--config", "run2/config.yaml", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["version"] == "v0001"
 

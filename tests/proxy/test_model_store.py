@@ -6,6 +6,7 @@ server (CI); two `SharedModelStore`s stand for two replicas.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from proxy import store
 from proxy.cli import main
 from proxy.model_files import MIRROR_KEY
 from proxy.models import LiveModels, ModelStore
@@ -204,6 +206,19 @@ def test_a_folder_served_by_one_store_is_served_by_a_new_store_too(
         second.close()
 
 
+async def record_outcomes(url: str, outcomes: dict[str, str]) -> None:
+    engine = store.create_engine(url)
+    try:
+        await store.create_schema(engine)
+        for version, outcome in outcomes.items():
+            await store.record_refit(
+                engine, task=TASK, outcome=outcome, version=version, n_traces=100,
+                last_trace_id=0, reason=None, seconds=1.0, attempt=1, delta=0.05,
+            )  # fmt: skip
+    finally:
+        await engine.dispose()
+
+
 def test_models_list_and_rollback_act_on_the_store(
     store_url: str, fitted_intents: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ):
@@ -221,11 +236,19 @@ def test_models_list_and_rollback_act_on_the_store(
         f"store: {{url: '{store_url}'}}\n"
         f"artifacts: {{dir: {tmp_path / 'elsewhere'}}}\n"  # another replica's empty folder
     )
+    asyncio.run(record_outcomes(store_url, {"v0001": "deployed", "v0002": "not_better"}))
     assert main(["models", "list", "--config", str(config), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["version"], r["serving"], r["status"]) for r in rows] == [
-        ("v0001", False, "deployed"), ("v0002", True, "deployed"),
+    # Both passed the gate (status); the refit loop served one and turned the other
+    # away (a pointer set by hand, here, serves it anyway).
+    assert [(r["version"], r["serving"], r["status"], r["refit"]) for r in rows] == [
+        ("v0001", False, "deployed", "deployed"), ("v0002", True, "deployed", "not_better"),
     ]  # fmt: skip
+    assert main(["models", "list", "--config", str(config)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].split()[:4] == ["task", "version", "status", "refit"]
+    assert listed[2].split()[:4] == ["*", TASK, "v0002", "deployed"]
+    assert listed[2].split()[4] == "not_better"
     assert main(["models", "rollback", TASK, "--config", str(config)]) == 0
     assert "now serves v0001, pinned" in capsys.readouterr().out
     assert main(["models", "list", "--config", str(config), "--json"]) == 0
