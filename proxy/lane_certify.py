@@ -45,7 +45,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from router.stats import cp_lower
+from router.stats import cp_lower, min_testable
 
 MARGIN = 4  # a group is picked to pass at delta / MARGIN on its half, tested at delta
 
@@ -90,11 +90,6 @@ def round_delta(delta: float, r: int) -> float:
     return delta * 6.0 / (math.pi**2 * r**2)
 
 
-def least_checks(alpha: float, delta: float) -> int:
-    """The fewest checks whose lower bound can reach alpha: all agreeing, alpha^n <= delta."""
-    return math.ceil(math.log(delta) / math.log(alpha))
-
-
 def first_half(text: str) -> bool:
     """Which half of the checks an input falls in: fixed by its text, not by its outcome."""
     return hashlib.blake2b(text.encode(), digest_size=1).digest()[0] % 2 == 0
@@ -116,7 +111,7 @@ def _tally(checks: Sequence[Check], clusters: Sequence[int | None], half: bool |
 def _family(sizes: Sequence[int], alpha: float, delta: float) -> int:
     """The smallest m such that at most m pairs have the checks to pass at delta / m."""
     m = 1
-    while m < len(sizes) and sum(n >= least_checks(alpha, delta / m) for n in sizes) > m:
+    while m < len(sizes) and sum(n >= min_testable(alpha, delta / m) for n in sizes) > m:
         m += 1
     return m
 
@@ -129,10 +124,10 @@ def _testable(
     delta: float,
 ) -> tuple[bool, list[str]]:
     whole = _tally(checks, clusters, None)
-    pairs = any(n >= least_checks(alpha, delta) for _, n in whole.values())
+    pairs = any(n >= min_testable(alpha, delta) for _, n in whole.values())
     second = _tally(checks, clusters, False)
     per_lane = {lane: sum(n for (_, ln), (_, n) in second.items() if ln == lane) for lane in lanes}
-    grouped = [lane for lane in lanes if per_lane[lane] >= least_checks(alpha, delta)]
+    grouped = [lane for lane in lanes if per_lane[lane] >= min_testable(alpha, delta)]
     return pairs, grouped
 
 
@@ -181,7 +176,7 @@ def certify(
 
 def _per_cluster(cert: Certificate, whole: Tally, alpha: float, delta: float) -> None:
     m = _family([n for _, n in whole.values()], alpha, delta)
-    floor = least_checks(alpha, delta / m)
+    floor = min_testable(alpha, delta / m)
     cert.tested = m
     for (cluster, lane), (agreed, n) in whole.items():
         lower = float(cp_lower(agreed, n, delta / m)) if n >= floor else None
@@ -208,7 +203,7 @@ def _per_group(
             continue
         agreed = sum(testing.get((c, lane), [0, 0])[0] for c in picked)
         n = sum(testing.get((c, lane), [0, 0])[1] for c in picked)
-        lower = float(cp_lower(agreed, n, delta)) if n >= least_checks(alpha, delta) else None
+        lower = float(cp_lower(agreed, n, delta)) if n >= min_testable(alpha, delta) else None
         group = Group(picked, agreed, n, lower, lower is not None and lower >= alpha)
         cert.groups[lane] = group
         if group.certified:

@@ -7,9 +7,15 @@ when a bound is computed, so importing `router` stays fast.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+
+
+def min_testable(alpha: float, delta: float) -> int:
+    """The fewest trials whose lower bound can reach alpha: all agreeing, alpha^n <= delta."""
+    return max(1, math.ceil(math.log(delta) / math.log(alpha)))
 
 
 def _betaincinv(a: Any, b: Any, q: float) -> Any:

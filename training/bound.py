@@ -27,14 +27,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.stats import binom
 
-from router.stats import cp_lower
+from router.stats import cp_lower, min_testable
 
 clopper_pearson_lower = cp_lower  # the one implementation lives in router.stats
-
-
-def min_testable(alpha: float, delta: float) -> int:
-    """Smallest n for which n agreements out of n can certify alpha."""
-    return max(1, math.ceil(math.log(delta) / math.log(alpha)))
 
 
 def threshold_grid(size: int = 600) -> np.ndarray:

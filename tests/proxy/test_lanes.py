@@ -8,9 +8,10 @@ import random
 import pytest
 
 from proxy.config import ConfigError, parse_config
-from proxy.lane_certify import Check, _pick, certify, first_half, least_checks, round_delta
+from proxy.lane_certify import Check, _pick, certify, first_half, round_delta
 from proxy.lanes import TaskLanes, lane_prices
 from proxy.pricing import Prices, call_cost, prices
+from router.stats import min_testable
 
 ALPHA, DELTA = 0.9, 0.1
 
@@ -66,7 +67,7 @@ def test_checks_outside_the_lanes_share_and_too_small_clusters_spend_nothing():
     assert cert is not None and cert.tested == 1
     assert cert.lanes[0] == ["small"]
     assert cert.figures[(1, "small")] == (5, 5, None)  # not tested alone (maybe in a group)
-    floor = least_checks(ALPHA, D1 / 2)
+    floor = min_testable(ALPHA, D1 / 2)
     assert ALPHA**floor <= D1 / 2 < ALPHA ** (floor - 1)
     # Nothing anyone could certify: the round is not held, and spends nothing.
     assert certify(tiny, [1] * 5, ["small"], ALPHA, D1, 1) is None
