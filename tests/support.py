@@ -37,7 +37,10 @@ CLIENT_KEY = "tracer-client-key-abcdef"
 def proxy_config(
     teacher_url: str, db_path: Path, *, api_keys: list[str] | None = None, **server: Any
 ) -> Config:
-    """A config with one pass-through model and one banking task taught by it."""
+    """A config with one pass-through model and one banking task taught by it. Its
+    versions are kept beside the store, and no fit starts: these proxies test the door
+    and the relay, and a fit landing mid-test (after its five minutes) would change
+    what the task answers."""
     raw = {
         "model_list": [
             {
@@ -59,6 +62,8 @@ def proxy_config(
         ],
         "server": {"api_keys": api_keys or [], **server},
         "store": {"url": f"sqlite+aiosqlite:///{db_path}"},
+        "artifacts": {"dir": str(db_path.parent / f"{db_path.stem}-artifacts")},
+        "refit": {"min_new_traces": 10**9, "interval_seconds": 10**9},
     }
     return parse_config(raw, env={})
 

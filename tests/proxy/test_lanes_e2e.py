@@ -180,13 +180,19 @@ def test_a_smaller_model_serves_where_certified_falls_back_when_down_and_is_demo
             drifting = [t for t in by_lane if clusters.get(t) in busiest]
             small.configure(relabel={y: LABELS[(i + 3) % len(LABELS)] for i, y in
                                      enumerate(LABELS)})  # fmt: skip
+
+            # (A lane round may come meanwhile and clear the demotions: then the lane
+            # stays out of those clusters because their checks stopped counting.)
+            def answers_in() -> set[int]:
+                return {c for c in busiest if lanes.route(c) == ("small", "answers")}
+
             for _ in range(20):
                 for text in drifting:
                     ask(client, text)
                 time.sleep(0.3)  # for the audits to land
-                if {(c, "small", "answers") for c in busiest} <= lanes.demoted:
+                if not answers_in():
                     break
-            assert {(c, "small", "answers") for c in busiest} <= lanes.demoted
+            assert not answers_in(), lanes.demoted
             assert {c for c, _, _ in lanes.demoted} <= certified
             after = Counter(ask(client, text)[0] for text in drifting)
             assert after == {"teacher": len(drifting)}, after

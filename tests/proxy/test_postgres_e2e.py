@@ -298,9 +298,9 @@ async def test_a_lease_is_renewed_by_its_holder_and_expires(engine: AsyncEngine)
     assert await store.acquire_lease(engine, "t", "a", 60)  # renewed: later expiry
     holder, renewed = await lease_of(engine, "t")
     assert holder == "a" and renewed > first
-    assert await store.acquire_lease(engine, "t", "a", 0.3)  # renewal sets the new ttl
-    assert not await store.acquire_lease(engine, "t", "b", 60)
-    await asyncio.sleep(0.4)
+    assert await store.acquire_lease(engine, "t", "a", 2.0)  # renewal sets the new ttl
+    assert not await store.acquire_lease(engine, "t", "b", 60)  # (a stall under 2 s is fine)
+    await asyncio.sleep(2.2)
     assert await store.acquire_lease(engine, "t", "b", 60)  # expired: another takes it
     assert not await store.acquire_lease(engine, "t", "a", 60)
     await store.release_lease(engine, "t", "a")  # not the holder: changes nothing

@@ -364,6 +364,7 @@ async def test_no_fit_starts_while_a_candidate_waits_for_its_fresh_traces(tmp_pa
     fitted on (the wait is bounded by the traffic). No fit runs: the rows are written."""
     config = intents_config(NOWHERE, tmp_path, task={"target": 0.9}, refit={"min_new_traces": 100})
     state = ProxyState(config)
+    state.poll_seconds = 3600  # a poll would settle the hand-written candidates (no model)
     task = state.config.tasks[0]
     await state.start(refit=False)
 
