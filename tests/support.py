@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,20 @@ ANSWERS = {
 }
 UPSTREAM_KEY = "sk-upstream-test-key-0123456789"
 CLIENT_KEY = "tracer-client-key-abcdef"
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct ports free on 127.0.0.1 now (held together while chosen, so no two
+    are the same); a server started on one may still lose it to another process."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in sockets]
+
+
+def free_port() -> int:
+    return free_ports(1)[0]
 
 
 def proxy_config(

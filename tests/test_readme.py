@@ -15,7 +15,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -25,15 +24,11 @@ from pathlib import Path
 
 import yaml
 
+from tests.support import free_ports
+
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
 MARK = "<!-- quickstart: try-it -->"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def marked_blocks(text: str, mark: str = MARK) -> list[tuple[str, str]]:
@@ -90,7 +85,7 @@ def run_quickstart(
     ``before[i]`` runs before block i (a wait for what the last block set off)."""
     blocks = marked_blocks(README.read_text(encoding="utf-8"), mark)
     assert blocks, mark
-    ports = {"8000": str(free_port()), "8001": str(free_port())}
+    ports = dict(zip(("8000", "8001"), map(str, free_ports(2)), strict=True))
     (tmp_path / ".venv").symlink_to(REPO / ".venv")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("OPENAI_API_KEY", None)  # no key: that is the point

@@ -21,7 +21,8 @@ import pytest
 
 from proxy.sim.synthetic import INTENTS, make_intents
 from proxy.sim.teacher import SimulatedTeacher, run_sim_teacher
-from tests.proxy.test_serve_cli import free_port, wait_ready
+from tests.proxy.test_serve_cli import wait_ready
+from tests.support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = make_intents(600, seed=2)  # what `fitted_intents` was fitted on: it handles them

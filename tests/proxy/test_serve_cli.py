@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,9 @@ import openai
 import pytest
 
 from proxy.sim.teacher import SimulatedTeacher, run_sim_teacher
-from tests.support import ANSWERS, LABELS
+from tests.support import ANSWERS, LABELS, free_port
 
 CANARY = "sk-canary-7f3a9c1e5b2d4f60a8e1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_config(path: Path, teacher_url: str, db: Path, port: int) -> None:

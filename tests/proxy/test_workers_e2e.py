@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.sim.synthetic import make_intents
 from proxy.sim.teacher import SimulatedTeacher, run_sim_teacher
-from tests.proxy.test_serve_cli import free_port, wait_ready
-from tests.support import INTENT_LABELS
+from tests.proxy.test_serve_cli import wait_ready
+from tests.support import INTENT_LABELS, free_port
 
 TASK = "intents"
 N_FIT = 600
