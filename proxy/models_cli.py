@@ -168,7 +168,9 @@ def add_models_parser(sub: Any) -> None:
     models = sub.add_parser("models", help="show or change the served model versions")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     listing = models_sub.add_parser(
-        "list", help="every version of every task; * marks the served one, P a pinned one"
+        "list",
+        help="every version of every task and what the refit loop made of it; * marks the "
+        "served one, P a pinned one",
     )
     listing.add_argument("--config", required=True)
     listing.add_argument("--json", action="store_true")
