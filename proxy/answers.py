@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +42,11 @@ class Answer:
         if self.tool_calls:
             out["tool_calls"] = self.tool_calls
         return out
+
+
+def _text(value: Any) -> str:
+    """A streamed string field; anything else (a number, an object) reads as nothing."""
+    return value if isinstance(value, str) else ""
 
 
 def _usage(usage: Any) -> tuple[int | None, int | None]:
@@ -118,10 +123,13 @@ class Completion:
 class CompletionStream:
     """Server-sent event bytes, relayed as they come and read on the way for the answer.
 
-    Raises UpstreamError at the end when the stream stopped before it was complete.
+    Raises UpstreamError at the end when the stream stopped before it was complete, and
+    at an error event or an event of the wrong shape (its message passed through
+    `clean`, which takes the upstream's secrets out: an upstream may echo its key).
     """
 
     chunks: AsyncIterator[bytes]
+    clean: Callable[[str], str] = str
     _buffer: bytes = b""
     _parts: list[str] = field(default_factory=list)
     _calls: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -164,17 +172,25 @@ class CompletionStream:
             raise invalid("an event that is not JSON") from None
         if not isinstance(data, dict):
             raise invalid("an event that is not a JSON object")
-        if isinstance(data.get("error"), dict):
-            message = data["error"].get("message")
-            raise UpstreamError(502, "status_5xx", f"upstream failed mid-stream: {message}",
+        error = data.get("error")
+        if error is not None:
+            message = error.get("message") if isinstance(error, dict) else error
+            raise UpstreamError(502, "status_5xx",
+                                f"upstream failed mid-stream: {self.clean(str(message))}",
                                 "upstream_error")  # fmt: skip
-        for choice in data.get("choices") or []:
+        choices = data.get("choices") or []
+        if not isinstance(choices, list):
+            raise invalid("an event whose choices are not a list")
+        for choice in choices:
             if not isinstance(choice, dict):
                 continue
             if choice.get("finish_reason"):
                 self._finished = True
             if choice.get("index", 0) == 0:
-                self._delta(choice.get("delta") or {})
+                delta = choice.get("delta") or {}
+                if not isinstance(delta, dict):
+                    raise invalid("a choice whose delta is not an object")
+                self._delta(delta)
         if data.get("usage"):
             self._usage = _usage(data["usage"])
         if isinstance(data.get("model"), str):
@@ -184,16 +200,19 @@ class CompletionStream:
         piece = delta.get("content")
         if isinstance(piece, str):
             self._parts.append(piece)
-        for call in delta.get("tool_calls") or []:
+        calls = delta.get("tool_calls") or []
+        if not isinstance(calls, list):
+            raise invalid("a delta whose tool_calls are not a list")
+        for call in calls:
             if not isinstance(call, dict):
                 continue
-            slot = self._calls.setdefault(
-                int(call.get("index") or 0), {"id": "", "name": "", "arguments": ""}
-            )
-            function = call.get("function") or {}
-            slot["id"] = call.get("id") or slot["id"]
-            slot["name"] += function.get("name") or ""
-            slot["arguments"] += function.get("arguments") or ""
+            index, function = call.get("index") or 0, call.get("function") or {}
+            if not isinstance(index, int) or not isinstance(function, dict):
+                raise invalid("a tool call delta of the wrong shape")
+            slot = self._calls.setdefault(index, {"id": "", "name": "", "arguments": ""})
+            slot["id"] = _text(call.get("id")) or slot["id"]
+            slot["name"] += _text(function.get("name"))
+            slot["arguments"] += _text(function.get("arguments"))
 
     def answer(self) -> Answer:
         calls = [

@@ -96,7 +96,7 @@ class Upstream:
             raise
         except Exception as exc:
             raise self.map_error(exc) from None
-        return CompletionStream(chunks)
+        return CompletionStream(chunks, self.clean)
 
     async def embed(self, entry: ModelEntry, body: dict[str, Any]) -> Completion:
         try:
@@ -134,6 +134,10 @@ class Upstream:
         except Exception as exc:
             raise self.map_error(exc) from None
 
+    def clean(self, text: str) -> str:
+        """An upstream's message as a client may see it: no secrets, cut to length."""
+        return self.scrub(text)[:MAX_MESSAGE]
+
     def scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
@@ -148,11 +152,11 @@ class Upstream:
         if isinstance(exc, RelayStatusError):
             message, error_type, code = exc.error_fields()
             error = self._status_error(
-                exc.status, self.scrub(message)[:MAX_MESSAGE], error_type, code
+                exc.status, self.clean(message), error_type, code
             )
             error.headers = passed_on(exc.headers)
             return error
-        error = self._map_exception(exc, self.scrub(_message(exc))[:MAX_MESSAGE])
+        error = self._map_exception(exc, self.clean(_message(exc)))
         response = getattr(exc, "response", None)
         headers = getattr(exc, "litellm_response_headers", None) or getattr(
             response, "headers", None
