@@ -9,6 +9,7 @@ table all say what the route says.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -143,7 +144,7 @@ class Route:
             headers["x-tracer-shadow"] = self.shadow.would
         if self.narrowed:
             assert self.tool is not None
-            headers["x-tracer-narrowed-to"] = self.tool.name
+            headers["x-tracer-narrowed-to"] = _header_safe(self.tool.name)
         return headers
 
     def body_field(self) -> dict[str, Any]:
@@ -163,9 +164,15 @@ class Route:
         }
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _header_safe(text: str) -> str:
-    """Header values are latin-1 on the wire: anything else is escaped, and cut short."""
-    return text[:300].encode("latin-1", "backslashreplace").decode("latin-1").replace("\n", " ")
+    """Header values are latin-1 on the wire, without control characters (a label or a
+    tool name may hold any, and the server refuses such a header: no response at all):
+    anything else is escaped, controls become spaces, and the value is cut short."""
+    latin = text[:300].encode("latin-1", "backslashreplace").decode("latin-1")
+    return _CONTROL.sub(" ", latin)
 
 
 def shadowed(route: Route, answer: str | None, by_label: bool = False) -> Route:
