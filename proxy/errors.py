@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,15 @@ def passed_on(headers: Mapping[str, str] | None) -> dict[str, str]:
         for k, v in headers.items()
         if k.lower() in PASSED_ON or k.lower().startswith(PASSED_ON_PREFIX)
     }
+
+
+class ErrorResponse(JSONResponse):
+    """An error body that always renders: it may quote what a client sent (a field name,
+    a model), and a lone surrogate there cannot be encoded as UTF-8, so all but ASCII is
+    escaped."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def error_body(
@@ -46,4 +56,4 @@ class UpstreamError(Exception):
         return error_body(self.message, self.error_type, self.code)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+        return ErrorResponse(self.body(), status_code=self.status, headers=self.headers)

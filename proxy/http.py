@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_body
+from .errors import ErrorResponse, error_body
 from .metrics import Metrics
 
 log = logging.getLogger("tracer.http")
@@ -55,7 +56,7 @@ class ClientGone(Exception):
 def error_response(
     status: int, message: str, error_type: str, code: str | None = None, param: str | None = None
 ) -> JSONResponse:
-    return JSONResponse(error_body(message, error_type, code, param), status_code=status)
+    return ErrorResponse(error_body(message, error_type, code, param), status_code=status)
 
 
 async def client_error_handler(_request: Request, exc: Exception) -> JSONResponse:
@@ -115,6 +116,15 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float, refused when too large for one (`1e999` is infinity:
+    not a number JSON can carry on, upstream or in a trace)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} is too large a number")
+    return value
+
+
 def _walk(value: Any) -> Iterator[tuple[str, Any, int]]:
     """(path, value, depth) of every value and key in a JSON document, iteratively."""
     stack: list[tuple[str, Any, int]] = [("", value, 1)]
@@ -158,7 +168,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         raise ClientError(400, "request body is empty; expected a JSON object")
     try:
-        body = json.loads(raw, parse_constant=_no_constants)
+        # Strict UTF-8 (a BOM allowed): json.loads would let surrogate bytes through.
+        text = raw.decode("utf-8-sig")
+        body = json.loads(text, parse_constant=_no_constants, parse_float=_finite)
     except RecursionError:
         raise ClientError(400, f"request body is nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, huge integers, NaN

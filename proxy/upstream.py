@@ -151,9 +151,7 @@ class Upstream:
         """
         if isinstance(exc, RelayStatusError):
             message, error_type, code = exc.error_fields()
-            error = self._status_error(
-                exc.status, self.clean(message), error_type, code
-            )
+            error = self._status_error(exc.status, self.clean(message), error_type, code)
             error.headers = passed_on(exc.headers)
             return error
         error = self._map_exception(exc, self.clean(_message(exc)))

@@ -119,7 +119,10 @@ async def _form_key(request: Request, timeout_s: float) -> str:
         raise ClientError(408, "login form not received in time", code="request_timeout") from None
     except ClientDisconnect:
         raise ClientGone from None
-    fields = parse_qs(b"".join(chunks).decode("utf-8", "replace"), max_num_fields=8)
+    try:
+        fields = parse_qs(b"".join(chunks).decode("utf-8", "replace"), max_num_fields=8)
+    except ValueError:  # more fields than a login form has
+        raise ClientError(400, "a login form has one field, `key`") from None
     return (fields.get("key") or [""])[0].strip()
 
 

@@ -230,6 +230,12 @@ def test_the_login_cookie_opens_the_dashboard_and_nothing_else(guarded):
     )  # fmt: skip
     assert cross.status_code == 403
 
+    flood = client.post(
+        "/dashboard/login", content=b"a=1&" * 20, follow_redirects=False,
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )  # fmt: skip
+    assert flood.status_code == 400 and "set-cookie" not in flood.headers
+
     ok = client.post("/dashboard/login", data={"key": KEY}, follow_redirects=False)
     assert ok.status_code == 303 and ok.headers["location"] == "/dashboard"
     cookie = ok.headers["set-cookie"]

@@ -105,6 +105,13 @@ def _body(**fields: object) -> bytes:
     return json.dumps({"model": "banking-intent", "messages": user, **fields}).encode()
 
 
+RAW_SURROGATE = (
+    b'{"model": "banking-intent", "messages": [{"role": "user", "content": "a\xed\xa0\x80b"}]}'
+)
+TOO_LARGE = b'{"model": "banking-intent", "messages": [], "temperature": 1e999}'
+HIDDEN_INFINITY = b'{"model": "banking-intent", "messages": [], "metadata": {"x": -1e400}}'
+
+
 def _bad_bodies() -> list[tuple[str, bytes, str]]:
     deep = b'{"model": "banking-intent", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     big_int = b'{"model": "banking-intent", "messages": [], "n": ' + b"9" * 5000 + b"}"
@@ -128,6 +135,11 @@ def _bad_bodies() -> list[tuple[str, bytes, str]]:
         ("stream as text", _body(stream="yes"), "stream"),
         ("n as a boolean", _body(n=True), "`n`"),
         ("not UTF-8", b'{"model": "\xff\xfe"}', "not valid JSON"),
+        ("surrogate as raw bytes", RAW_SURROGATE, "not valid JSON"),
+        ("surrogate in a key", _body(metadata={"\ud800": 1}), "surrogate"),
+        ("surrogate in an unknown key", _body(**{"\ud800": 1}), "surrogate"),
+        ("a number too large for a float", TOO_LARGE, "too large"),
+        ("infinity hidden in metadata", HIDDEN_INFINITY, "too large"),
     ]
 
 
