@@ -244,7 +244,8 @@ class Guard:
             return
         refusal = self._refusal(scope)
         if refusal is not None:
-            await _drain(receive)
+            if not _expects_continue(scope):
+                await _drain(receive)  # (asking for it would invite the body we refuse)
             response: Response = error_response(
                 refusal.status, refusal.message, refusal.error_type, refusal.code
             )
@@ -287,6 +288,15 @@ class Guard:
             ):
                 return True
         return False
+
+
+def _expects_continue(scope: Scope) -> bool:
+    """The client waits for `100 Continue` before it sends the body (the server sends it
+    when the body is first asked for): a refusal then goes out unasked."""
+    return any(
+        name == b"expect" and value.strip().lower() == b"100-continue"
+        for name, value in scope["headers"]
+    )
 
 
 async def _drain(receive: Receive, timeout_s: float = 5.0) -> None:

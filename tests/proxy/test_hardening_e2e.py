@@ -100,6 +100,26 @@ def test_an_empty_bearer_token_is_not_a_key(fresh):
             assert reply.startswith(b"HTTP/1.1 401"), auth
 
 
+def test_a_refused_request_that_expects_100_continue_is_not_invited_to_send_its_body(fresh):
+    """A client that waits for `100 Continue` gets the final answer instead: a wrong key
+    or a body over the limit is refused before a byte of the body is sent."""
+    _, url, db = fresh
+    with running_proxy(proxy_config(url, db, api_keys=[CLIENT_KEY])) as base:
+        for auth, length in [(b"Bearer wrong", b"1000"), (b"Bearer " + CLIENT_KEY.encode(),
+                                                          b"104857600")]:  # fmt: skip
+            reply = raw_http(
+                base,
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: " + auth
+                + b"\r\ncontent-type: application/json\r\ncontent-length: " + length
+                + b"\r\nexpect: 100-continue\r\n\r\n",
+            )  # fmt: skip
+            status = reply.split(b"\r\n", 1)[0]
+            assert status in (
+                b"HTTP/1.1 401 Unauthorized",
+                b"HTTP/1.1 413 Request Entity Too Large",
+            ), reply[:200]
+
+
 def _body(**fields: object) -> bytes:
     user = [{"role": "user", "content": "hi"}]
     return json.dumps({"model": "banking-intent", "messages": user, **fields}).encode()
