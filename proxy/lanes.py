@@ -154,9 +154,13 @@ class TaskLanes:
         text: str,
         agrees: bool,
         answer: str | None = None,
-        routed: tuple[str, int] | None = None,
+        version: str | None = None,
+        cluster: int | None = None,
     ) -> None:
+        """A lane's answer against the teacher's; with the (version, cluster) the request
+        was routed under, when it was routed to the lane."""
         if lane in self.prices:
+            routed = (version, cluster) if version and cluster is not None else None
             self.checks.append(Check(lane, text, agrees, answer, routed))
 
     def add_audit(
@@ -173,8 +177,7 @@ class TaskLanes:
         last round's), against the teacher's: a check for the next rounds, and evidence
         that may demote the lane from its cluster now."""
         version = version or self.version
-        routed = (version, cluster) if version is not None and cluster is not None else None
-        self.add_check(lane, text, agrees, answer, routed)
+        self.add_check(lane, text, agrees, answer, version, cluster)
         if cluster is None or lane not in self.prices:
             return
         serving = (cluster, lane, mode)

@@ -222,8 +222,7 @@ class Monitor:
                 if lane == "surrogate":
                     monitor.add_audit(version, agrees)
                 elif lanes is not None and kind == "shadow":
-                    routed = (version, cluster) if version and cluster is not None else None
-                    lanes.add_check(lane, text or "", agrees, answer, routed)
+                    lanes.add_check(lane, text or "", agrees, answer, version, cluster)
                 elif lanes is not None:
                     mode = CONFIRMS if kind == "confirm" else ANSWERS
                     lanes.add_audit(lane, cluster, text or "", agrees, answer, mode, version)

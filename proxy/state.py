@@ -100,17 +100,10 @@ class ProxyState:
         loop, queued before the load's own result, so it is done when the load's caller
         resumes, and never lands in the middle of a poll's reading of the audits."""
         loop = self._loop
-        if loop is None or loop.is_closed():
-            self._serve(task, old, new)
-            return
-        try:
-            on_loop = asyncio.get_running_loop() is loop
-        except RuntimeError:
-            on_loop = False
-        if on_loop:
-            self._serve(task, old, new)
-        else:
+        if loop is not None and not loop.is_closed() and not _running(loop):
             loop.call_soon_threadsafe(self._serve, task, old, new)
+        else:
+            self._serve(task, old, new)
 
     def _serve(self, task: str, old: LiveModel | None, new: LiveModel) -> None:
         if old is not None:
@@ -205,3 +198,11 @@ class ProxyState:
         await self.upstream.close()
         await self.engine.dispose()
         await asyncio.to_thread(self.models.store.close)
+
+
+def _running(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether this thread is running `loop`."""
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
