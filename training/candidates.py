@@ -307,18 +307,3 @@ class Trees(SkModelOnReduced):
             n_jobs=2,
             random_state=self.seed,
         )
-
-
-def default_candidates(names: list[str] | None, seed: int) -> list[Candidate]:
-    all_c: dict[str, Candidate] = {
-        "linear_svm": LinearSVM(),
-        "logreg": LogReg(),
-        "mlp": MLP(seed=seed),
-        "extra_trees": Trees(seed=seed),
-    }
-    if names is None:
-        return list(all_c.values())
-    unknown = set(names) - set(all_c)
-    if unknown:
-        raise ValueError(f"unknown candidates {sorted(unknown)}; known: {sorted(all_c)}")
-    return [all_c[n] for n in names]

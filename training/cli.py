@@ -113,7 +113,10 @@ def fit_command(argv: Sequence[str]) -> int:
     p.add_argument(
         "--candidates",
         default=None,
-        help="comma list among linear_svm,logreg,mlp,extra_trees (default all)",
+        help=(
+            "comma list among linear_svm,logreg,mlp,extra_trees,knn,ensemble "
+            "(default all; ensemble averages the listed ones but extra_trees)"
+        ),
     )
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--test-size", type=float, default=defaults.test_size)

@@ -162,6 +162,84 @@ def build_head(
         outputs,
         inits,
     )
+    return _model(graph)
+
+
+def neighbour_vote_graph(
+    references: np.ndarray, labels: np.ndarray, n_classes: int, k: int, temperature: float
+) -> onnx.ModelProto:
+    """ "reduced" [N, r] -> "probabilities" [N, n_classes]: the k most similar unit-norm
+    `references` vote for their labels with weight exp(temperature * (sim - best sim))."""
+    k = min(k, len(references))
+    onehot = np.zeros((len(references), n_classes), dtype=np.float32)
+    onehot[np.arange(len(references)), labels] = 1.0
+    inits = [
+        _const("nv_refs_T", references.T.astype(np.float32)),
+        _const("nv_onehot", onehot),
+        _const("nv_k", np.array([k], np.int64)),
+        _const("nv_temperature", np.array(temperature, np.float32)),
+        _const("nv_eps", np.array(1e-12, np.float32)),
+        _const("nv_0", np.array([0], np.int64)),
+        _const("nv_1", np.array([1], np.int64)),
+        _const("nv_2", np.array([2], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("ReduceL2", ["reduced"], ["nv_norm"], axes=[1], keepdims=1),
+        helper.make_node("Max", ["nv_norm", "nv_eps"], ["nv_norm_safe"]),
+        helper.make_node("Div", ["reduced", "nv_norm_safe"], ["nv_unit"]),
+        helper.make_node("MatMul", ["nv_unit", "nv_refs_T"], ["nv_sims"]),
+        helper.make_node("TopK", ["nv_sims", "nv_k"], ["nv_best", "nv_idx"], axis=1),
+        helper.make_node("Slice", ["nv_best", "nv_0", "nv_1", "nv_1"], ["nv_top"]),
+        helper.make_node("Sub", ["nv_best", "nv_top"], ["nv_gap"]),
+        helper.make_node("Mul", ["nv_gap", "nv_temperature"], ["nv_scaled"]),
+        helper.make_node("Exp", ["nv_scaled"], ["nv_weight"]),
+        helper.make_node("Gather", ["nv_onehot", "nv_idx"], ["nv_hot"], axis=0),
+        helper.make_node("Unsqueeze", ["nv_weight", "nv_2"], ["nv_weight3"]),
+        helper.make_node("Mul", ["nv_hot", "nv_weight3"], ["nv_weighted"]),
+        helper.make_node("ReduceSum", ["nv_weighted", "nv_1"], ["nv_votes"], keepdims=0),
+        helper.make_node("ReduceSum", ["nv_votes", "nv_1"], ["nv_total"], keepdims=1),
+        helper.make_node("Div", ["nv_votes", "nv_total"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tracer_neighbours",
+        [helper.make_tensor_value_info("reduced", TensorProto.FLOAT, [None, references.shape[1]])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, n_classes])],
+        inits,
+    )
+    return _model(graph)
+
+
+def average_heads(heads: list[onnx.ModelProto]) -> onnx.ModelProto:
+    """One head whose "probabilities" are the mean of `heads`' (all on input "features");
+    "similarity" comes from the first head, when it has one."""
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    probs: list[str] = []
+    for i, head in enumerate(heads):
+        prefix = f"m{i}_"
+        member = compose.add_prefix(head, prefix)
+        for node in member.graph.node:
+            for j, name in enumerate(node.input):
+                if name == prefix + "features":
+                    node.input[j] = "features"
+        nodes += list(member.graph.node)
+        inits += list(member.graph.initializer)
+        probs.append(prefix + "probabilities")
+    inits.append(_const("avg_scale", np.array(1.0 / len(heads), np.float32)))
+    nodes += [
+        helper.make_node("Sum", probs, ["avg_sum"]),
+        helper.make_node("Mul", ["avg_sum", "avg_scale"], ["probabilities"]),
+    ]
+    outputs = [o for o in heads[0].graph.output if o.name == "probabilities"]
+    if any(o.name == "similarity" for o in heads[0].graph.output):
+        nodes.append(helper.make_node("Identity", ["m0_similarity"], ["similarity"]))
+        outputs += [o for o in heads[0].graph.output if o.name == "similarity"]
+    graph = helper.make_graph(nodes, "tracer_head", list(heads[0].graph.input), outputs, inits)
+    return _model(graph)
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid(d, v) for d, v in OPSET.items()]
     )

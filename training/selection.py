@@ -23,8 +23,9 @@ from router.pipeline import Pipeline
 from router.settings import FitOptions
 from training.acceptors import cross_fit_scores, fit_learned, learned_to_onnx
 from training.bound import bounded_coverage, calibrate
-from training.candidates import Candidate, Reducer, default_candidates
+from training.candidates import MLP, Candidate, LinearSVM, LogReg, Reducer, Trees
 from training.embedders import EncoderEmbedder, TfidfEmbedder, embed
+from training.ensemble import SMOOTH, NearestNeighbours, ensemble_of, mean_proba
 from training.progress import Progress
 from training.stages import Features, Splits
 
@@ -51,6 +52,29 @@ def similarity(x: Any, cents: np.ndarray) -> np.ndarray:
     else:
         norms = np.linalg.norm(x, axis=1)
     return (dots / np.clip(norms, 1e-12, None)[:, None]).max(axis=1)
+
+
+CANDIDATES = ("linear_svm", "logreg", "mlp", "extra_trees", "knn", "ensemble")
+
+
+def default_candidates(names: list[str] | None, seed: int) -> list[Candidate]:
+    """The candidates to fit, by name (None: all); "ensemble" is judged after them, from
+    the fitted ones (`training.ensemble`), so it is not in this list."""
+    wanted = list(CANDIDATES) if names is None else names
+    unknown = set(wanted) - set(CANDIDATES)
+    if unknown:
+        raise ValueError(f"unknown candidates {sorted(unknown)}; known: {list(CANDIDATES)}")
+    made: dict[str, Candidate] = {
+        "linear_svm": LinearSVM(),
+        "logreg": LogReg(),
+        "mlp": MLP(seed=seed),
+        "extra_trees": Trees(seed=seed),
+        "knn": NearestNeighbours(seed=seed),
+    }
+    chosen = [made[n] for n in wanted if n in made]
+    if "ensemble" in wanted and sum(c.name in SMOOTH for c in chosen) < 2:
+        raise ValueError(f"an ensemble needs two or more of {', '.join(SMOOTH)} listed with it")
+    return chosen
 
 
 @dataclass
@@ -81,7 +105,9 @@ def select(
 ) -> Selection:
     k = len(feats.labels)
     reducer = Reducer(feats.dim, opts.svd_components, opts.seed)
-    candidates = default_candidates(list(opts.candidates) if opts.candidates else None, opts.seed)
+    names = list(opts.candidates) if opts.candidates else None
+    candidates = default_candidates(names, opts.seed)
+    wants_ensemble = names is None or "ensemble" in names
     if any(c.name != "linear_svm" for c in candidates) and not reducer.identity:
         with progress.stage("reduce (TruncatedSVD)"):
             reducer.fit(feats.x_fit)
@@ -92,39 +118,49 @@ def select(
     rows: list[dict[str, Any]] = []
     Best = tuple[tuple[float, float, float], Candidate, str, np.ndarray, np.ndarray, np.ndarray]
     best: Best | None = None
+
+    def judge(cand: Candidate, probs: np.ndarray, secs: float) -> None:
+        nonlocal best
+        correct = probs.argmax(axis=1) == feats.y_val
+        val_feats = acceptor_features(probs, sim_val)
+        for acc in opts.acceptors:
+            if acc == "learned":
+                score = cross_fit_scores(val_feats, correct, opts.seed)
+            else:
+                score = simple_score(acc, val_feats)
+            score = np.where(ood_val, -np.inf, score)
+            cal = calibrate(score, correct, alpha, delta)  # for its empirical figures
+            coverage, agreement = bounded_coverage(score, correct, alpha, delta)
+            rows.append(
+                {
+                    "candidate": cand.name,
+                    "acceptor": acc,
+                    "params": cand.params,
+                    "accuracy": float(correct.mean()),
+                    "coverage": coverage,
+                    "agreement": agreement,
+                    "best_empirical_coverage": cal.best_empirical_coverage,
+                    "fit_seconds": secs,
+                }
+            )
+            key = (coverage, cal.best_empirical_coverage, float(correct.mean()))
+            if best is None or key > best[0]:
+                best = (key, cand, acc, val_feats, probs.argmax(axis=1), score)
+        progress.log(f"  {cand.name}: accuracy {correct.mean():.3f} ({secs:.1f}s)")
+
+    fitted: list[tuple[Candidate, np.ndarray, float]] = []
     with progress.stage("candidates"):
         for cand in candidates:
             t0 = time.perf_counter()
             cand.fit(feats.x_fit, feats.y_fit, k, reducer)
             cand.tune(feats.x_val, feats.y_val, reducer)
             probs = cand.predict_proba(feats.x_val, reducer)
-            secs = time.perf_counter() - t0
-            correct = probs.argmax(axis=1) == feats.y_val
-            val_feats = acceptor_features(probs, sim_val)
-            for acc in opts.acceptors:
-                if acc == "learned":
-                    score = cross_fit_scores(val_feats, correct, opts.seed)
-                else:
-                    score = simple_score(acc, val_feats)
-                score = np.where(ood_val, -np.inf, score)
-                cal = calibrate(score, correct, alpha, delta)  # for its empirical figures
-                coverage, agreement = bounded_coverage(score, correct, alpha, delta)
-                rows.append(
-                    {
-                        "candidate": cand.name,
-                        "acceptor": acc,
-                        "params": cand.params,
-                        "accuracy": float(correct.mean()),
-                        "coverage": coverage,
-                        "agreement": agreement,
-                        "best_empirical_coverage": cal.best_empirical_coverage,
-                        "fit_seconds": secs,
-                    }
-                )
-                key = (coverage, cal.best_empirical_coverage, float(correct.mean()))
-                if best is None or key > best[0]:
-                    best = (key, cand, acc, val_feats, probs.argmax(axis=1), score)
-            progress.log(f"  {cand.name}: accuracy {correct.mean():.3f} ({secs:.1f}s)")
+            fitted.append((cand, probs, time.perf_counter() - t0))
+            judge(*fitted[-1])
+        ensemble = ensemble_of([c for c, _, _ in fitted]) if wants_ensemble else None
+        if ensemble is not None:
+            parts = [(p, s) for c, p, s in fitted if c in ensemble.members]
+            judge(ensemble, mean_proba([p for p, _ in parts]), sum(s for _, s in parts))
     assert best is not None
     progress.candidates(rows, alpha)
     _, winner, acceptor, val_feats, val_labels, val_scores = best

@@ -78,7 +78,7 @@ def test_failed_fit_leaves_no_artifact(tmp_path: Path) -> None:
 
 def test_every_candidate_exports_onnx_in_parity(tmp_path: Path) -> None:
     """Each candidate and the learned acceptor, refit and exported: ONNX matches sklearn."""
-    for name in ("logreg", "mlp", "extra_trees"):
+    for name in ("logreg", "mlp", "extra_trees", "knn"):
         result = fit(
             separable(100, seed=5),
             tmp_path / name,

@@ -75,3 +75,41 @@ def test_router_serves_old_artifacts_with_safe_padding() -> None:
     probe = np.array([["play some music"], ["c# c# c# and much more text"]], dtype=object)
     got = fixed.run(None, {"text": probe})[0]
     assert np.abs(got - emb.transform(probe.ravel().tolist()).toarray()).max() < 1e-5
+
+
+def _head_outputs(model: object, x: np.ndarray) -> dict[str, np.ndarray]:
+    sess = _session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, {"features": x}), strict=True))
+
+
+def test_nearest_neighbours_and_their_average_with_others_score_in_onnx_as_in_python() -> None:
+    """Dense features (an encoder's) and wide sparse ones (TF-IDF through the SVD), more
+    references than the cap, and a k larger than some classes."""
+    from training.candidates import LogReg, Reducer
+    from training.ensemble import Ensemble, NearestNeighbours
+    from training.selection import centroids
+
+    data = separable(60, seed=4)
+    labels = sorted({y for _, y in data})
+    y = np.array([labels.index(lab) for _, lab in data])
+    texts = [normalize_text(t) for t, _ in data]
+    emb = TfidfEmbedder(min_df_char=1).fit(texts)
+    sparse_x = emb.transform(texts)
+    dense_x = np.random.default_rng(0).normal(size=(len(y), 24)).astype(np.float32)
+    dense_x[np.arange(len(y)), y] += 3.0
+    for x, reducer in ((dense_x, Reducer(24)), (sparse_x, Reducer(sparse_x.shape[1], 16))):
+        reducer.fit(x)
+        knn = NearestNeighbours(k=7, max_references=len(y) - 20).fit(x, y, len(labels), reducer)
+        assert len(knn.references_) == len(y) - 20
+        knn.tune(x, y, reducer)
+        dim = x.shape[1]
+        dense = x.toarray() if hasattr(x, "toarray") else x
+        got = _head_outputs(knn.to_onnx(dim, reducer, None), dense.astype(np.float32))
+        assert np.abs(got["probabilities"] - knn.predict_proba(x, reducer)).max() < 1e-4
+        both = Ensemble(members=[LogReg().fit(x, y, len(labels), reducer), knn])
+        cents = centroids(x, y, len(labels))
+        got = _head_outputs(both.to_onnx(dim, reducer, cents), dense.astype(np.float32))
+        want = (both.members[0].predict_proba(x, reducer) + knn.predict_proba(x, reducer)) / 2
+        assert np.abs(got["probabilities"] - want).max() < 1e-4
+        assert got["similarity"].shape == (len(y),)
