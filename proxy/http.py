@@ -17,6 +17,7 @@ import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -110,6 +111,8 @@ PARSE_INLINE_BYTES = 64 * 1024
 # (ours, LiteLLM's, the JSON encoder's) must never meet a depth it cannot handle.
 MAX_DEPTH = 64
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_OPEN, _CLOSE = b"[{", b"]}"
 
 
 def _no_constants(name: str) -> Any:
@@ -140,20 +143,37 @@ def _walk(value: Any) -> Iterator[tuple[str, Any, int]]:
             stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
 
 
+def _depth(raw: bytes) -> int:
+    """How deep a valid JSON document nests, at C speed: strings blanked out, then the
+    running count of open brackets (a Python walk of a 4 MB body of a million empty
+    lists held the event loop for seconds)."""
+    skeleton = np.frombuffer(_STRING.sub(b'""', raw), dtype=np.uint8)
+    steps = np.zeros(len(skeleton), dtype=np.int32)
+    steps[(skeleton == _OPEN[0]) | (skeleton == _OPEN[1])] = 1
+    steps[(skeleton == _CLOSE[0]) | (skeleton == _CLOSE[1])] = -1
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _has_lone_surrogate(body: Any) -> bool:
+    try:
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _check_document(raw: bytes, body: Any) -> None:
     """Refuse nesting beyond MAX_DEPTH and text that is not valid Unicode (lone surrogates).
 
-    Both checks walk the document only when the raw bytes could hold the problem, so
-    an ordinary request pays two C-speed scans of its bytes.
+    An ordinary request pays C-speed scans of its bytes only; the document is walked
+    (to name the field) only when it does hold a lone surrogate.
     """
-    deep = raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
-    surrogates = _SURROGATE_ESCAPE.search(raw) is not None
-    if not (deep or surrogates):
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(raw) > MAX_DEPTH:
+        raise ClientError(400, f"request body is nested deeper than {MAX_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(raw) is None or not _has_lone_surrogate(body):
         return
-    for path, value, depth in _walk(body):
-        if depth > MAX_DEPTH:
-            raise ClientError(400, f"request body is nested deeper than {MAX_DEPTH} levels")
-        if surrogates and isinstance(value, str):
+    for path, value, _ in _walk(body):
+        if isinstance(value, str):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
