@@ -30,6 +30,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from flywheel import seeds  # noqa: E402  (a sibling script: '0-5' or '0,2,5')
+
 from router import Router  # noqa: E402
 from training.datasets import load_labelled  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
@@ -41,11 +43,6 @@ ARMS = {
     "single": ["linear_svm", "logreg", "mlp", "extra_trees"],
     "with ensemble": None,  # the default: all, knn and the ensemble included
 }
-
-
-def seeds(text: str) -> list[int]:
-    lo, _, hi = text.partition("-")
-    return list(range(int(lo), int(hi or lo) + 1))
 
 
 def latency_ms(router: Router, texts: list[str], calls: int) -> tuple[float, float]:

@@ -128,19 +128,19 @@ def _finite(text: str) -> float:
     return value
 
 
-def _walk(value: Any) -> Iterator[tuple[str, Any, int]]:
-    """(path, value, depth) of every value and key in a JSON document, iteratively."""
-    stack: list[tuple[str, Any, int]] = [("", value, 1)]
+def _walk(value: Any) -> Iterator[tuple[str, Any]]:
+    """(path, value) of every value and key in a JSON document, iteratively."""
+    stack: list[tuple[str, Any]] = [("", value)]
     while stack:
-        path, item, depth = stack.pop()
-        yield path, item, depth
+        path, item = stack.pop()
+        yield path, item
         if isinstance(item, dict):
             for key, child in item.items():
                 where = f"{path}.{key}" if path else str(key)
-                yield where, key, depth + 1
-                stack.append((where, child, depth + 1))
+                yield where, key
+                stack.append((where, child))
         elif isinstance(item, list):
-            stack.extend((f"{path}[{i}]", child, depth + 1) for i, child in enumerate(item))
+            stack.extend((f"{path}[{i}]", child) for i, child in enumerate(item))
 
 
 def _depth(raw: bytes) -> int:
@@ -172,7 +172,7 @@ def _check_document(raw: bytes, body: Any) -> None:
         raise ClientError(400, f"request body is nested deeper than {MAX_DEPTH} levels")
     if _SURROGATE_ESCAPE.search(raw) is None or not _has_lone_surrogate(body):
         return
-    for path, value, _ in _walk(body):
+    for path, value in _walk(body):
         if isinstance(value, str):
             try:
                 value.encode("utf-8")

@@ -159,7 +159,7 @@ def select(
             judge(*fitted[-1])
         ensemble = ensemble_of([c for c, _, _ in fitted]) if wants_ensemble else None
         if ensemble is not None:
-            parts = [(p, s) for c, p, s in fitted if c in ensemble.members]
+            parts = [(p, s) for c, p, s in fitted if c.name in ensemble.params["members"]]
             judge(ensemble, mean_proba([p for p, _ in parts]), sum(s for _, s in parts))
     assert best is not None
     progress.candidates(rows, alpha)
